@@ -1,0 +1,1 @@
+"""pretraining: RaSD's randomized synthesis engine, prototype disentangling learning and runner."""
