@@ -1,4 +1,4 @@
-"""`rasd` subcommands contributed by pretraining (placeholder, being written)."""
+"""`rasd pretrain`, `rasd demo` and `rasd bench train` (placeholder, being written)."""
 
 from __future__ import annotations
 
@@ -14,18 +14,8 @@ def configure_demo(parser):
     parser.set_defaults(func=_todo)
 
 
-def configure_synth(parser):
-    """Generate synthetic image/label pairs and a preview."""
-    parser.set_defaults(func=_todo)
-
-
 def configure_pretrain(parser):
     """Pre-train a model with PDL on synthetic data."""
-    parser.set_defaults(func=_todo)
-
-
-def configure_bench_synth(parser):
-    """Measure synthesis throughput."""
     parser.set_defaults(func=_todo)
 
 
