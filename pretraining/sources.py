@@ -1,0 +1,143 @@
+"""Where training batches come from.
+
+A *batch source* is an iterator of ``(image, label)`` batches with ``state_dict()`` and
+``load_state_dict()``, so that a checkpoint can capture its position exactly.
+
+* :func:`online_source`: the synthesis engine's :class:`SyntheticStream` on the training device, a
+  fresh batch every step, one independent stream per rank (the default and the paper's method).
+* :class:`OfflinePool`: a fixed pool pre-generated to disk and cycled through. It exists only so the
+  paper's Table 1 (online vs offline: preparation time and storage) can be reproduced.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import torch
+
+from pretraining.errors import DependencyNotReadyError, PretrainingError
+
+__all__ = ["BatchSource", "online_source", "synthesis_config", "OfflinePool", "PoolInfo",
+           "prepare_pool"]
+
+
+class BatchSource(Protocol):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _synthesis():
+    try:
+        from pretraining import synthesis
+    except ImportError as err:
+        raise DependencyNotReadyError(
+            f"the synthesis engine (pretraining.synthesis) is not available: {err}"
+        ) from None
+    for name in ("SynthesisConfig", "SyntheticStream"):
+        if not hasattr(synthesis, name):
+            raise DependencyNotReadyError(f"pretraining.synthesis has no {name} yet")
+    return synthesis
+
+
+def synthesis_config(config):
+    """The ``SynthesisConfig`` of a :class:`~pretraining.config.TrainConfig`."""
+    synthesis = _synthesis()
+    return synthesis.SynthesisConfig.from_preset(
+        config.synthesis, dim=config.spatial_dims, size=config.size, num_classes=config.num_classes
+    )
+
+
+def online_source(config, rank: int, batch_size: int, device: torch.device) -> BatchSource:
+    """This rank's synthetic stream: seeded by ``(seed, rank)``, generated on ``device``."""
+    synthesis = _synthesis()
+    stream = synthesis.SyntheticStream(
+        synthesis_config(config), batch_size=batch_size, seed=config.seed, rank=rank, device=device
+    )
+    # the stream is an iterable; the runner calls next() on it, so make sure we hold an iterator
+    return stream if hasattr(stream, "__next__") else _IteratorWithState(stream)
+
+
+class _IteratorWithState:
+    """Adapts an iterable with ``state_dict`` into an iterator that keeps that interface."""
+
+    def __init__(self, iterable):
+        self.iterable = iterable
+        self._it = iter(iterable)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._it)
+
+    def state_dict(self):
+        return self.iterable.state_dict()
+
+    def load_state_dict(self, state):
+        self.iterable.load_state_dict(state)
+        self._it = iter(self.iterable)
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """How long the offline pool took to generate and how much disk it uses."""
+
+    directory: str
+    batches: int
+    samples: int
+    seconds: float
+    bytes: int
+
+
+def prepare_pool(source: BatchSource, directory: Path, batches: int) -> PoolInfo:
+    """Draw ``batches`` batches from ``source`` and store them as ``batch_XXXXX.pt`` files (images
+    float32, labels uint8, as an offline pipeline would keep them). Reuses a complete pool."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    samples = 0
+    for i in range(batches):
+        path = directory / f"batch_{i:05d}.pt"
+        if path.exists():
+            samples += torch.load(path, weights_only=True)["label"].shape[0]
+            continue
+        image, label = next(source)
+        samples += image.shape[0]
+        tmp = path.with_suffix(".tmp")
+        torch.save({"image": image.cpu(), "label": label.to(torch.uint8).cpu()}, tmp)
+        tmp.replace(path)
+    seconds = time.perf_counter() - start
+    size = sum(p.stat().st_size for p in directory.glob("batch_*.pt"))
+    return PoolInfo(str(directory), batches, samples, seconds, size)
+
+
+class OfflinePool:
+    """Cycles through a pool written by :func:`prepare_pool`; each rank starts at its own offset.
+    Batches are read from disk every step, as an offline data loader would."""
+
+    def __init__(self, directory: Path, device: torch.device, rank: int = 0, world_size: int = 1):
+        self.files = sorted(Path(directory).glob("batch_*.pt"))
+        if not self.files:
+            raise PretrainingError(f"offline pool {directory} holds no batch_*.pt files")
+        self.device = device
+        self.position = rank % len(self.files)
+        self.stride = world_size
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        data = torch.load(self.files[self.position], weights_only=True)
+        self.position = (self.position + self.stride) % len(self.files)
+        return data["image"].to(self.device), data["label"].long().to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])

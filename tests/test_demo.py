@@ -1,0 +1,49 @@
+"""`rasd demo`: the main job end to end (slow: real synthesis, real small model), and its report
+when a dependency is missing."""
+
+import json
+import sys
+
+import pytest
+
+from pretraining.demo import run_demo
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_short(tmp_path):
+    from rasd_hub.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "8", "--size", "32",
+                 "--no-progress"]) == 0
+    report = json.loads((out / "demo.json").read_text())
+    assert report["ok"], report
+    assert [s["name"] for s in report["stages"]] == ["synthesis", "pretrain", "reload", "evaluate"]
+    for name in ("synthetic_batch.png", "preview_start.png", "preview_end.png",
+                 "metrics.jsonl", "export/model.safetensors", "export/config.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert report["final_loss"] < report["first_loss"]
+    # the final checkpoint exports (`rasd hub export`) to the same weights as OUT/export
+    import rasd_hub
+    import torch
+
+    ckpt = sorted((out / "checkpoints").glob("step_*.pt"))[-1]
+    exported = rasd_hub.export_checkpoint(ckpt, tmp_path / "exported")
+    a, b = rasd_hub.load(str(exported)).state_dict(), rasd_hub.load(str(out / "export")).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a second run into the same folder starts over instead of refusing
+    again = run_demo(out, steps=1, size=32, progress=False)
+    assert again.ok, again.summary()
+
+
+def test_demo_reports_missing_synthesis_instead_of_crashing(tmp_path, monkeypatch):
+    import pretraining
+
+    monkeypatch.setitem(sys.modules, "pretraining.synthesis", None)  # import now fails
+    monkeypatch.delattr(pretraining, "synthesis", raising=False)
+    report = run_demo(tmp_path, steps=2, size=32, progress=False)
+    assert not report.ok
+    statuses = {s.name: s.status for s in report.stages}
+    assert statuses == {"synthesis": "unavailable", "pretrain": "unavailable",
+                        "reload": "unavailable", "evaluate": "unavailable"}
+    assert "synthesis engine not available" in report.summary()
