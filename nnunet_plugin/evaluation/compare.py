@@ -1,0 +1,129 @@
+"""Run several inits x seeds with one budget and summarise them: the ``rasd eval`` report.
+
+The report (``Report.as_dict()``, what ``--json`` prints) is one JSON object::
+
+    {"dataset", "model", "split": {"source", "train", "test"}, "seeds", "config": {...},
+     "device", "classes",
+     "inits": {INIT: {"source", "per_seed_mean_dice": [...], "mean", "ci95": [lo, hi],
+                      "per_class": {CLASS: {"mean", "ci95", "n"}}, "runs": [RunResult...]}},
+     "pairs": [{"init", "reference", "p_value", "mean_difference", "n", "test"}]}
+
+Undefined numbers (a CI from one seed, Dice of a class absent everywhere) are ``null``. Pairs
+compare every init with the reference, ``scratch`` when it is among the inits, else the first.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from nnunet_plugin.evaluation.data import RawDataset, Split
+from nnunet_plugin.evaluation.finetune import (
+    FinetuneConfig, RunResult, resolve_device, finetune_and_evaluate, load_split_cases,
+)
+from nnunet_plugin.evaluation.inits import SCRATCH
+from nnunet_plugin.evaluation.stats import mean_ci, paired_test
+from rasd_hub.errors import RasdValueError
+
+__all__ = ["Report", "run_comparison", "reference_init", "check_inits"]
+
+
+def check_inits(inits: Sequence[str]) -> None:
+    if not inits or len(set(inits)) != len(inits):
+        raise RasdValueError(f"give each --init once (at least one), got {list(inits)}")
+
+
+def reference_init(inits: Sequence[str]) -> str:
+    return SCRATCH if SCRATCH in inits else inits[0]
+
+
+@dataclass
+class Report:
+    dataset: RawDataset
+    model: str
+    split: Split
+    seeds: list[int]
+    config: FinetuneConfig | None  # None: the frozen-feature probe (nothing is trained)
+    runs: dict[str, list[RunResult]] = field(default_factory=dict)  # init -> one per seed
+    device: str = "auto"
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.dataset.foreground_labels.values())
+
+    def per_seed(self, init: str) -> list[float]:
+        return [r.mean_dice for r in self.runs[init]]
+
+    def pairs(self) -> list[dict[str, Any]]:
+        inits = list(self.runs)
+        ref = reference_init(inits)
+        out = []
+        for init in inits:
+            if init == ref:
+                continue
+            a, b = self.per_seed(ref), self.per_seed(init)
+            if any(math.isnan(v) for v in a + b):
+                out.append({"init": init, "reference": ref, "p_value": None, "mean_difference": None,
+                            "n": len(a), "test": "undefined: a run has no defined Dice"})
+                continue
+            out.append({"init": init, "reference": ref, **paired_test(a, b).as_dict()})
+        return out
+
+    def init_summary(self, init: str) -> dict[str, Any]:
+        runs = self.runs[init]
+        values = [v for v in self.per_seed(init) if not math.isnan(v)]
+        per_class = {}
+        for name in self.class_names:
+            defined = [r.per_class[name] for r in runs if not math.isnan(r.per_class[name])]
+            per_class[name] = mean_ci(defined).as_dict()
+        return {"source": runs[0].source if runs else "",
+                "per_seed_mean_dice": [None if math.isnan(v) else v for v in self.per_seed(init)],
+                **mean_ci(values).as_dict(), "per_class": per_class,
+                "runs": [r.as_dict() for r in runs]}
+
+    def as_dict(self) -> dict[str, Any]:
+        cfg = self.config
+        if cfg is None:
+            recipe = {"probe": "nearest prototype (cosine) on the frozen output embedding"}
+        else:
+            recipe = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                      "weight_decay": cfg.weight_decay,
+                      "patch": list(cfg.patch) if cfg.patch else "auto"}
+        return {
+            "dataset": str(self.dataset.folder), "model": self.model,
+            "split": {"source": self.split.source, "train": self.split.train,
+                      "test": self.split.test},
+            "seeds": self.seeds, "classes": self.class_names,
+            "config": recipe,
+            "device": _device_label(self.device),
+            "inits": {init: self.init_summary(init) for init in self.runs},
+            "pairs": self.pairs(),
+        }
+
+
+def _device_label(name: str) -> str:
+    import torch
+
+    device = resolve_device(name)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run_comparison(dataset: RawDataset, split: Split, model: str, inits: Sequence[str],
+                   seeds: Sequence[int], config: FinetuneConfig,
+                   log: Callable[[str], None] | None = None) -> Report:
+    """Fine-tune every init with every seed (same data, budget and recipe) and collect results."""
+    check_inits(inits)
+    train, test = load_split_cases(dataset, split)
+    report = Report(dataset, model, split, list(seeds), config, device=config.device)
+    for init in inits:
+        report.runs[init] = []
+        for seed in seeds:
+            result = finetune_and_evaluate(dataset, train, test, model, init, seed, config, log=log)
+            if log:
+                log(f"{init} seed {seed}: mean Dice {result.mean_dice:.4f} ({result.seconds:.0f} s)")
+            report.runs[init].append(result)
+    return report

@@ -1,0 +1,95 @@
+"""Turn ``--model NAME --init INIT`` into a network, refusing comparisons that would be unfair.
+
+``INIT`` is ``scratch`` (random weights), a registry tag (``TAG`` or ``ARCH.TAG``, see
+``rasd hub list``), ``hf-hub:ORG/REPO[@REV]`` or a local weights folder written by
+``rasd_hub.save_pretrained`` / ``rasd hub export``. Every init must give the same architecture with
+the same arguments as ``scratch`` (only the weights differ); otherwise :class:`InitError`.
+Loading, checksums, stem adaptation for the channel count and the fresh head are rasd_hub's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nnunet_plugin.evaluation.errors import InitError
+from rasd_hub.errors import RasdError
+
+__all__ = ["SCRATCH", "BuiltModel", "build_model"]
+
+SCRATCH = "scratch"
+# model_args that legitimately differ between a pre-trained checkpoint and the fine-tuned network
+_ADAPTED_ARGS = ("in_channels", "out_channels")
+
+
+@dataclass
+class BuiltModel:
+    model: Any  # torch.nn.Module
+    normalization: dict  # what the weights were pre-trained with (config.json), or the default
+    description: str  # resolved source: "scratch" or rasd_hub's label with sha256
+
+
+def _reword(err: RasdError, option: str, hint: str) -> None:
+    """Name the offending option in rasd_hub's message, keeping the error's type (the ``rasd``
+    command prints ``str(err)`` only, so a note would not be shown)."""
+    if err.args and isinstance(err.args[0], str):
+        err.args = (f"{option}: {err.args[0]} {hint}", *err.args[1:])
+
+
+def _weights_name(arch: str, init: str) -> tuple[str, Any]:
+    """(name, pretrained) arguments of ``create_model`` for a non-scratch ``init``."""
+    if init.startswith("hf-hub:"):
+        return init, True
+    path = Path(init).expanduser()
+    if path.exists() or "/" in init or init.startswith((".", "~")):
+        return arch, str(path)  # a weights folder or .safetensors file: rasd_hub says if missing
+    if init == arch or init.startswith(arch + "."):
+        return init, True  # the architecture's default tag, or ARCH.TAG
+    return f"{arch}.{init}", True
+
+
+def _comparable_args(config: dict) -> dict:
+    return {k: v for k, v in config["model_args"].items() if k not in _ADAPTED_ARGS}
+
+
+def build_model(model_name: str, init: str, num_classes: int | None, in_chans: int) -> BuiltModel:
+    """The network for ``init`` with ``num_classes`` outputs (``None`` keeps the weights' own
+    output layer, as the probe needs) and ``in_chans`` inputs. The caller seeds torch first."""
+    import rasd_hub
+
+    try:
+        arch, arch_source = rasd_hub.resolve_weights(model_name, False, need_weights=False)
+        twin = rasd_hub.create_model(model_name, pretrained=False, num_classes=num_classes,
+                                     in_chans=in_chans)
+    except RasdError as err:
+        _reword(err, f"--model {model_name!r}", "Give an architecture from `rasd hub list` "
+                "(e.g. rasd2d_small), a weights folder or hf-hub:ORG/REPO.")
+        raise
+    if init == SCRATCH:
+        normalization = ((arch_source.config or {}).get("normalization") if arch_source else None) \
+            or twin.rasd_config["normalization"]
+        return BuiltModel(twin, dict(normalization), SCRATCH)
+    name, pretrained = _weights_name(arch, init)
+    try:
+        _, source = rasd_hub.resolve_weights(name, pretrained)
+        model = rasd_hub.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                      in_chans=in_chans)
+    except RasdError as err:
+        _reword(err, f"--init {init!r}", "--init takes 'scratch', a tag from `rasd hub list`, "
+                "hf-hub:ORG/REPO@REV or a weights folder (rasd_hub.save_pretrained / "
+                "`rasd hub export`).")
+        raise
+    if model.rasd_config["architecture"] != twin.rasd_config["architecture"] or \
+            _comparable_args(model.rasd_config) != _comparable_args(twin.rasd_config):
+        raise InitError(
+            f"--init {init!r} is a {model.rasd_config['architecture']} with arguments "
+            f"{_comparable_args(model.rasd_config)}, but --model {model_name!r} is a "
+            f"{twin.rasd_config['architecture']} with {_comparable_args(twin.rasd_config)}; a "
+            "comparison needs one architecture for every init. Pass --model the weights' "
+            "architecture (or the weights folder itself, so scratch gets the same arguments).")
+    normalization = (source.config or {}).get("normalization") if source else None
+    normalization = normalization or model.rasd_config["normalization"]
+    sha = (model.rasd_config.get("pretrained") or {}).get("sha256", "")
+    label = source.label if source else name
+    return BuiltModel(model, dict(normalization), f"{label}" + (f" sha256 {sha[:12]}" if sha else ""))
