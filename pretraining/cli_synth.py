@@ -157,7 +157,7 @@ def run_bench_synth(args) -> int:
     for preset, config in configs:
         base = {"dim": config.dim, "size": list(config.size), "classes": config.num_classes, "preset": preset,
                 "device": str(device), "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-                "lattice_spacing": config.mask_lattice_spacing}
+                "lattice_spacing": config.mask_lattice_spacing, "load_average": _load_average()}
         batches = max(args.repeats, -(-args.stats_samples // args.batch_size))
         fast, fast_stats = _time_engine(config, args.batch_size, args.repeats, batches, device)
         record = {**base, "implementation": "rasd-hub", "s_per_volume": fast,
@@ -166,7 +166,7 @@ def run_bench_synth(args) -> int:
         if preset == "official" and not args.no_reference:
             slow, slow_stats = _time_reference(config, args.batch_size, args.repeats, batches, device)
             record["speedup_vs_reference"] = slow / fast
-            record["stats_vs_reference"] = compare(fast_stats, slow_stats)
+            record["stats_vs_reference"] = compare(fast_stats[0], slow_stats[0], fast_stats[1], slow_stats[1])
             records.append({**base, "implementation": "released (reference)", "s_per_volume": slow,
                             "lattice_spacing": None})
     if args.json:
@@ -176,14 +176,23 @@ def run_bench_synth(args) -> int:
     return 0
 
 
+def _load_average():
+    """The 1-minute load average when the case starts (None where the OS has none): timings on a
+    shared CPU depend on it."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _print_table(records: list[dict]) -> None:
     header = ("implementation", "preset", "dim", "size", "classes", "device", "batch", "threads", "k",
-              "s/volume", "speed-up")
+              "load", "s/volume", "speed-up")
     rows = [header]
     for r in records:
         rows.append((r["implementation"], r["preset"], str(r["dim"]), "x".join(map(str, r["size"])),
                      str(r["classes"]), r["device"], str(r["batch_size"]), str(r["threads"]),
-                     str(r["lattice_spacing"] or "-"), f"{r['s_per_volume']:.4f}",
+                     str(r["lattice_spacing"] or "-"), str(r.get("load_average")), f"{r['s_per_volume']:.4f}",
                      f"{r['speedup_vs_reference']:.1f}x" if "speedup_vs_reference" in r else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
@@ -194,8 +203,11 @@ def _print_table(records: list[dict]) -> None:
                   f"{r['classes']} classes; {r['stats_samples']} samples each):")
             for s in r["stats_vs_reference"]:
                 limit = f"{s['kind']} <= {s['tolerance']}"
+                noise = f"  z {s['z']:+.1f}" if "z" in s else ""
                 print(f"  {s['statistic']:<24} {s['fast']:.4f} vs {s['reference']:.4f}  "
-                      f"diff {s['difference']:.4f} ({limit})  {'ok' if s['ok'] else 'OUTSIDE'}")
+                      f"diff {s['difference']:.4f} ({limit})  {'ok' if s['ok'] else 'OUTSIDE'}{noise}")
+            print("  (z: difference / its standard error; |z| < 2 is within sampling noise; "
+                  "more --stats-samples resolve smaller differences)")
 
 
 
@@ -205,7 +217,7 @@ def _time_engine(config, batch_size: int, repeats: int, batches: int, device):
     import torch
 
     from pretraining.synthesis import synthesize
-    from pretraining.synthesis.stats import summarize
+    from pretraining.synthesis.stats import standard_errors, summarize
 
     generator = torch.Generator(device=device).manual_seed(0)
     synthesize(config, batch_size, generator=generator, device=device)
@@ -219,7 +231,8 @@ def _time_engine(config, batch_size: int, repeats: int, batches: int, device):
             best = min(best, (time.perf_counter() - start) / batch_size)
         images.append(image.cpu())
         labels.append(label.cpu())
-    return best, summarize(torch.cat(images), torch.cat(labels), config.num_classes)
+    images, labels = torch.cat(images), torch.cat(labels)
+    return best, (summarize(images, labels, config.num_classes), standard_errors(images, labels, config.num_classes))
 
 
 def _time_reference(config, batch_size: int, repeats: int, batches: int, device):
@@ -227,7 +240,7 @@ def _time_reference(config, batch_size: int, repeats: int, batches: int, device)
     import torch
 
     from pretraining.bench_synth_reference import reference_sample
-    from pretraining.synthesis.stats import summarize
+    from pretraining.synthesis.stats import standard_errors, summarize
 
     generator = torch.Generator(device=device).manual_seed(0)
     reference_sample(config.size, config.num_classes, generator, device)
@@ -241,7 +254,8 @@ def _time_reference(config, batch_size: int, repeats: int, batches: int, device)
             best = min(best, (time.perf_counter() - start) / batch_size)
         images += [image.cpu() for image, _ in batch]
         labels += [label.cpu() for _, label in batch]
-    return best, summarize(torch.cat(images), torch.cat(labels), config.num_classes)
+    images, labels = torch.cat(images), torch.cat(labels)
+    return best, (summarize(images, labels, config.num_classes), standard_errors(images, labels, config.num_classes))
 
 
 def _sync(device) -> None:

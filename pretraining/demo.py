@@ -9,8 +9,8 @@
 5. measure how well the prototype assignments of the trained model follow the label maps of fresh
    synthetic data, compared with the untrained model (``OUT/demo.json``).
 
-Each stage reports ``ok``, ``failed`` or ``unavailable`` (a dependency that is not there), and the
-demo goes as far as the available pieces allow.
+Each stage reports ``ok``, ``failed`` (with its traceback in ``demo.json``) or ``skipped`` (a stage
+it needs failed), so one broken piece does not hide how the others fare.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretraining.errors import DependencyNotReadyError
-
 __all__ = ["run_demo", "DemoReport", "DEMO_STEPS"]
 
 #: steps of the demo's pre-training run (rasd2d_small: about a minute on 2 CPU cores)
@@ -36,7 +34,7 @@ _MARKER = "demo.json"
 @dataclass
 class Stage:
     name: str
-    status: str  # ok | failed | unavailable
+    status: str  # ok | failed | skipped (an earlier stage it needs failed)
     detail: str
     seconds: float
 
@@ -65,8 +63,8 @@ class DemoReport:
                 "stages": [vars(s) for s in self.stages], **self.facts}
 
 
-class _Unavailable(Exception):
-    pass
+class _Skipped(Exception):
+    """A stage cannot run because a stage it needs failed."""
 
 
 def _stage(report: DemoReport, name: str, fn) -> Any:
@@ -74,8 +72,8 @@ def _stage(report: DemoReport, name: str, fn) -> Any:
     try:
         value, detail = fn()
         status = "ok"
-    except (_Unavailable, DependencyNotReadyError) as err:
-        value, status, detail = None, "unavailable", str(err)
+    except _Skipped as err:
+        value, status, detail = None, "skipped", str(err)
     except Exception as err:  # the demo reports every stage rather than stopping at the first
         value, status = None, "failed"
         detail = f"{type(err).__name__}: {err}"
@@ -116,14 +114,11 @@ def run_demo(out_dir: str | Path = "rasd-demo", preset: str = "rasd2d_small",
     (out / _MARKER).write_text(json.dumps({"running": True}))
 
     def synthesise():
-        try:
-            from pretraining import synthesis
-            from pretraining.sources import synthesis_config
-
-            cfg = synthesis_config(config)
-        except Exception as err:
-            raise _Unavailable(f"synthesis engine not available: {err}") from None
+        from pretraining import synthesis
         from pretraining.preview import save_preview
+        from pretraining.sources import synthesis_config
+
+        cfg = synthesis_config(config)
 
         gen = torch.Generator().manual_seed(config.seed + 12345)
         image, label = synthesis.synthesize(cfg, batch_size=4, generator=gen,
@@ -135,7 +130,7 @@ def run_demo(out_dir: str | Path = "rasd-demo", preset: str = "rasd2d_small",
 
     def pretrain():
         if held_out is None:
-            raise _Unavailable("needs the synthesis engine")
+            raise _Skipped("needs the synthesis engine")
         from pretraining.runner import run_pretraining
 
         result = run_pretraining(config, progress=progress)
@@ -152,7 +147,7 @@ def run_demo(out_dir: str | Path = "rasd-demo", preset: str = "rasd2d_small",
 
     def reload():
         if result is None or result.export_dir is None:
-            raise _Unavailable("needs the pre-trained export")
+            raise _Skipped("needs the pre-trained export")
         import rasd_hub
 
         model = rasd_hub.create_model(config.architecture, pretrained=str(result.export_dir))
@@ -171,7 +166,7 @@ def run_demo(out_dir: str | Path = "rasd-demo", preset: str = "rasd2d_small",
 
     def evaluate():
         if model is None or held_out is None:
-            raise _Unavailable("needs the reloaded model")
+            raise _Skipped("needs the reloaded model")
         import rasd_hub
 
         from pretraining.pdl import prototype_assignments

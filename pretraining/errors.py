@@ -11,7 +11,6 @@ __all__ = [
     "ResumeMismatchError",
     "NonFiniteLossError",
     "TrainingInterrupted",
-    "DependencyNotReadyError",
 ]
 
 
@@ -47,7 +46,3 @@ class TrainingInterrupted(PretrainingError):
             f"stopped by signal {signum} at step {step}; wrote {where}. "
             "Run the same command with --resume to continue."
         )
-
-
-class DependencyNotReadyError(PretrainingError):
-    """A package this command needs (synthesis engine, model hub) is missing or incomplete."""

@@ -41,7 +41,6 @@ from pretraining.checkpoint import (
 from pretraining.config import TrainConfig
 from pretraining.distributed import DistContext, init_distributed
 from pretraining.errors import (
-    DependencyNotReadyError,
     NonFiniteLossError,
     PretrainingError,
     ResumeMismatchError,
@@ -49,7 +48,9 @@ from pretraining.errors import (
 )
 from pretraining.metrics import MetricsLog
 from pretraining.pdl import pdl_loss, prototype_assignments
-from pretraining.sources import BatchSource, OfflinePool, online_source, prepare_pool
+from pretraining.sources import (
+    BatchSource, OfflinePool, online_source, prepare_pool, synthetic_intensity_moments,
+)
 from rasd_hub.errors import RasdValueError
 
 __all__ = ["Trainer", "RunResult", "StepResult", "run_pretraining", "hub_model", "lr_factor"]
@@ -60,10 +61,8 @@ SourceFactory = Callable[[TrainConfig, int, int, torch.device], BatchSource]
 
 def hub_model(config: TrainConfig) -> nn.Module:
     """The preset's architecture from ``rasd_hub`` (the runner never defines models itself)."""
-    try:
-        from rasd_hub import create_model
-    except ImportError as err:
-        raise DependencyNotReadyError(f"rasd_hub.create_model is not available: {err}") from None
+    from rasd_hub import create_model
+
     return create_model(config.architecture, in_chans=1, **config.model_kwargs)
 
 
@@ -173,6 +172,13 @@ class Trainer:
                     f"{config.architecture} does not support --grad-checkpointing"
                 )
             self.model.set_grad_checkpointing(True)
+        if "normalization" in model_config:
+            # Fine-tuning maps real intensities onto the moments the network sees here
+            # (nnunet_plugin.normalization), so checkpoints and exports state them, measured.
+            mean, std = synthetic_intensity_moments(config, device=self.device)
+            model_config["normalization"].update(
+                mean=round(mean, 4), std=round(std, 4),
+                moments="measured on synthetic images of this run's synthesis preset")
         # per-rank stream for anything random inside the model (dropout, drop path)
         torch.manual_seed(config.seed + self.ctx.rank)
 
@@ -458,13 +464,8 @@ class Trainer:
         """Rank 0: write the final weights to ``OUT/export`` with ``rasd_hub.save_pretrained``."""
         if not self.ctx.is_main:
             return None
-        try:
-            from rasd_hub import save_pretrained
-        except ImportError as err:
-            raise DependencyNotReadyError(
-                f"rasd_hub.save_pretrained is not available ({err}); the checkpoints in "
-                f"{self.checkpoint_dir} hold the weights, export them later with `rasd hub export`"
-            ) from None
+        from rasd_hub import save_pretrained
+
         target = self.out_dir / "export"
         save_pretrained(self.model, target, provenance=self.provenance())
         return target

@@ -18,10 +18,11 @@ from typing import Any, Iterator, Protocol
 
 import torch
 
-from pretraining.errors import DependencyNotReadyError, PretrainingError
+from pretraining import synthesis
+from pretraining.errors import PretrainingError
 
-__all__ = ["BatchSource", "online_source", "synthesis_config", "OfflinePool", "PoolInfo",
-           "prepare_pool"]
+__all__ = ["BatchSource", "online_source", "synthesis_config", "synthetic_intensity_moments",
+           "OfflinePool", "PoolInfo", "prepare_pool"]
 
 
 class BatchSource(Protocol):
@@ -31,22 +32,8 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _synthesis():
-    try:
-        from pretraining import synthesis
-    except ImportError as err:
-        raise DependencyNotReadyError(
-            f"the synthesis engine (pretraining.synthesis) is not available: {err}"
-        ) from None
-    for name in ("SynthesisConfig", "SyntheticStream"):
-        if not hasattr(synthesis, name):
-            raise DependencyNotReadyError(f"pretraining.synthesis has no {name} yet")
-    return synthesis
-
-
 def synthesis_config(config):
     """The ``SynthesisConfig`` of a :class:`~pretraining.config.TrainConfig`."""
-    synthesis = _synthesis()
     return synthesis.SynthesisConfig.from_preset(
         config.synthesis, dim=config.spatial_dims, size=config.size, num_classes=config.num_classes
     )
@@ -54,33 +41,28 @@ def synthesis_config(config):
 
 def online_source(config, rank: int, batch_size: int, device: torch.device) -> BatchSource:
     """This rank's synthetic stream: seeded by ``(seed, rank)``, generated on ``device``."""
-    synthesis = _synthesis()
-    stream = synthesis.SyntheticStream(
+    return synthesis.SyntheticStream(
         synthesis_config(config), batch_size=batch_size, seed=config.seed, rank=rank, device=device
     )
-    # the stream is an iterable; the runner calls next() on it, so make sure we hold an iterator
-    return stream if hasattr(stream, "__next__") else _IteratorWithState(stream)
 
 
-class _IteratorWithState:
-    """Adapts an iterable with ``state_dict`` into an iterator that keeps that interface."""
+def synthetic_intensity_moments(config, samples: int = 16, device: torch.device | str = "cpu",
+                                seed_offset: int = 7919) -> tuple[float, float]:
+    """Mean and std of the intensities of ``samples`` synthetic images of ``config``'s preset.
 
-    def __init__(self, iterable):
-        self.iterable = iterable
-        self._it = iter(iterable)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return next(self._it)
-
-    def state_dict(self):
-        return self.iterable.state_dict()
-
-    def load_state_dict(self, state):
-        self.iterable.load_state_dict(state)
-        self._it = iter(self.iterable)
+    Drawn from a stream of its own (``seed + seed_offset``), so measuring never shifts the
+    training streams and the result is the same however the run was split by resumes.
+    """
+    stream = synthesis.SyntheticStream(synthesis_config(config), batch_size=1,
+                                       seed=config.seed + seed_offset, device=device)
+    total = total_sq = count = 0.0
+    for _ in range(samples):
+        image = next(stream)[0].double()
+        total += float(image.sum())
+        total_sq += float((image * image).sum())
+        count += image.numel()
+    mean = total / count
+    return mean, max(total_sq / count - mean * mean, 0.0) ** 0.5
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,10 @@ def test_deformation_increases_boundary_complexity(preset):
 
 def test_lattice_evaluation_stays_close_to_the_exact_one():
     config = SynthesisConfig.from_preset("official", dim=2, size=256)
-    assert config.mask_lattice_spacing == 2  # an eighth of the finest scale, as at 512^2
+    assert config.mask_lattice_spacing == 1  # a sixteenth of the finest scale: exact at this size
+    # k = 2 is an eighth of the finest scale here, twice as coarse (relative to the structures)
+    # as the 2D preset's 2 at 512^2
+    config = dataclasses.replace(config, mask_lattice_spacing=2)
     exact = dataclasses.replace(config, mask_lattice_spacing=1)
     fast_label = synthesize(config, 8, generator=seeded(5))[1]
     exact_label = synthesize(exact, 8, generator=seeded(5))[1]  # the same draws, every pixel exact
@@ -126,7 +129,7 @@ def test_lattice_evaluation_stays_close_to_the_exact_one():
 
 def test_fast_path_statistics_match_the_released_algorithm():
     config = SynthesisConfig.from_preset("official", dim=2, size=256, num_classes=16)
-    assert config.mask_lattice_spacing == 2
+    config = dataclasses.replace(config, mask_lattice_spacing=2)  # coarser than the 2D preset's (see above)
     samples = 40  # enough for every statistic to sit well inside its tolerance
     image, label = synthesize(config, samples, generator=seeded(6))
     reference = [reference_sample(config.size, config.num_classes, seeded(100 + i)) for i in range(samples)]
@@ -166,3 +169,46 @@ def test_unavailable_device_is_explained():
         synthesize(config, 1, device="cuda")
     with pytest.raises(RasdValueError, match="unknown device"):
         synthesize(config, 1, device="tpu-ish")
+
+
+@pytest.mark.parametrize("dim, size", [(2, (64, 48)), (3, (24, 32, 16))])
+def test_exact_lattice_equals_the_released_full_resolution_warp(dim, size):
+    """k = 1 evaluates every voxel: it must equal the released algorithm run on the same noise
+    grids (upsampled with F.interpolate, warped with the released spatial transformer), which
+    checks the separable interpolation, the identity folded into the deformation's noise grid and
+    the released coordinate quirk. White-box: it replays the engine's draws in its order."""
+    import torch.nn.functional as F
+
+    from pretraining.bench_synth_reference import _warp
+    from pretraining.synthesis.labels import draw_labels
+
+    config = dataclasses.replace(
+        SynthesisConfig.from_preset("official", dim=dim, size=size, num_classes=5), mask_lattice_spacing=1
+    )
+    batch, classes, mode = 2, 5, "bilinear" if dim == 2 else "trilinear"
+    label = draw_labels(config, batch, seeded(3), torch.device("cpu"))
+
+    generator = seeded(3)
+
+    def upsampled(scales, std_range, channels):
+        total = 0
+        for scale in scales:
+            std = torch.rand(batch, generator=generator) * (std_range[1] - std_range[0]) + std_range[0]
+            grid = torch.randn(batch, classes, channels, *(s // scale for s in size), generator=generator)
+            grid = grid * std.view(batch, *(1,) * (dim + 2))
+            total = total + F.interpolate(grid.flatten(0, 1), size=size, mode=mode, align_corners=True)
+        return total  # (batch * classes, channels, *size)
+
+    heat = upsampled(config.heatmap_scales, config.heatmap_std_range, 1)
+    flow = upsampled(config.deformation_scales, config.deformation_std_range, dim)
+    flow = flow.flip(1)  # the engine's grid components are x-first; the released flow is axis-first
+    expected = _warp(heat, flow).view(batch, classes, *size).argmax(1)
+    assert (label == expected).double().mean() > 0.9999
+
+
+def test_images_stay_finite_when_a_small_bias_field_has_no_positive_peak():
+    # seed 123, sample 22: the blurred log-bias field is negative everywhere; the released
+    # rescaling by its maximum then overflowed exp() and the sample came out all NaN
+    config = SynthesisConfig.from_preset("official", dim=2, size=32, num_classes=6)
+    image, _ = synthesize(config, 64, generator=seeded(123))
+    assert torch.isfinite(image).all()

@@ -83,7 +83,8 @@ def test_bench_synth_json_records(capsys):
     assert [(r["implementation"], r["preset"]) for r in records] == [
         ("rasd-hub", "official"), ("released (reference)", "official"), ("rasd-hub", "paper")]
     for record in records:
-        assert {"dim", "size", "classes", "preset", "device", "batch_size", "s_per_volume"} <= set(record)
+        assert {"dim", "size", "classes", "preset", "device", "batch_size", "s_per_volume",
+                "threads", "load_average"} <= set(record)
         assert record["s_per_volume"] > 0 and record["classes"] == 6 and record["size"] == [64, 64]
     assert records[0]["speedup_vs_reference"] > 0
     compared = {row["statistic"] for row in records[0]["stats_vs_reference"]}

@@ -75,9 +75,11 @@ class SynthesisConfig:
     mask_lattice_spacing: int = 4
     """Speed/accuracy knob, not a random range: the warped heatmaps are evaluated exactly on a
     lattice of points this many voxels apart and linearly interpolated in between before the
-    argmax (labels.py). 1 evaluates every voxel like the released code; the presets' 2 (128^3)
-    keeps 96 % of voxels identical and the surface-to-volume ratio 8 % lower (the finest slivers
-    smooth out), measured in docs/benchmarks.md. On a GPU, 1 is affordable."""
+    argmax (labels.py). 1 evaluates every voxel like the released code. The presets use 2 at
+    their default sizes (a quarter of the finest deformation scale in 3D, a sixteenth in 2D):
+    at 128^3 that keeps about 97 % of voxels identical and the surface-to-volume ratio 7-8 % lower (the
+    finest slivers smooth out), at 512^2 99.6 % and 2 % lower (docs/benchmarks.md). On a GPU,
+    1 is affordable."""
 
     # --- image engine ----------------------------------------------------------------------------
     class_mean_range: Range = (0.0, 1.0)
@@ -143,10 +145,10 @@ class SynthesisConfig:
             heatmap_scales=(reference // 8, reference // 4),
             deformation_scales=(reference // 16, reference // 8, reference // 4),
             deformation_std_range=(0.0, float(reference // 16)),
-            # A quarter (3D) or an eighth (2D) of the finest deformation scale: 2 voxels at 128^3,
-            # 4 pixels at 512^2; surface-to-volume stays within 10% of the exact evaluation
-            # (docs/benchmarks.md, tests); 2D is cheap enough to afford the finer lattice.
-            mask_lattice_spacing=max(1, finest // (4 if dim == 3 else 8)),
+            # A quarter (3D) or a sixteenth (2D) of the finest deformation scale: 2 voxels at
+            # 128^3 and 2 pixels at 512^2; measured against the exact evaluation in
+            # docs/benchmarks.md. 2D is cheap enough to afford the finer lattice.
+            mask_lattice_spacing=max(1, finest // (4 if dim == 3 else 16)),
         )
         if name == "official":
             return cls(

@@ -67,6 +67,6 @@ def synthesize(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise RasdValueError(f"batch_size must be a positive integer (got {batch_size!r})")
     resolved = resolve_device(device, generator)
-    label_map = draw_labels(config, batch_size, generator, resolved)
-    image = draw_images(config, label_map, generator, resolved)
-    return image, label_map.labels()
+    label = draw_labels(config, batch_size, generator, resolved)
+    image = draw_images(config, label, generator, resolved)
+    return image, label

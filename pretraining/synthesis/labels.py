@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,53 +27,11 @@ import torch.nn.functional as F
 from .config import SynthesisConfig
 from .fields import interpolate_sum, uniform
 
-__all__ = ["LabelMap", "draw_labels"]
+__all__ = ["draw_labels"]
 
 
-@dataclass
-class LabelMap:
-    """A batch of label maps stored as lattice cells: one label per uniform cell, and per-voxel
-    labels only for the mixed cells. :meth:`labels` and :meth:`lookup` paint full volumes."""
-
-    cell_labels: torch.Tensor
-    """(B, *cells) int64: the label of each cell (the first corner's, for mixed cells)."""
-    mixed_cells: torch.Tensor
-    """(M, 1 + dim) int64: batch index and cell coordinates of the mixed cells."""
-    mixed_labels: torch.Tensor
-    """(M, k**dim) int64: per-voxel labels inside each mixed cell, in row-major voxel order."""
-    spacing: int
-    size: tuple[int, ...]
-
-    def labels(self) -> torch.Tensor:
-        """(B, *size) int64 labels."""
-        return self._paint(self.cell_labels, self.mixed_labels)
-
-    def lookup(self, values: torch.Tensor) -> torch.Tensor:
-        """(B, *size) map of per-sample class values ``values`` (B, num_classes), e.g. class means."""
-        cell_values = torch.gather(values, 1, self.cell_labels.flatten(1)).view(self.cell_labels.shape)
-        mixed_values = values[self.mixed_cells[:, :1], self.mixed_labels]
-        return self._paint(cell_values, mixed_values)
-
-    def _paint(self, cell_values: torch.Tensor, mixed_values: torch.Tensor) -> torch.Tensor:
-        batch, cells = cell_values.shape[0], cell_values.shape[1:]
-        dim, k = len(cells), self.spacing
-        out = torch.empty(batch, *(c * k for c in cells), dtype=cell_values.dtype, device=cell_values.device)
-        # (B, c1, k, c2, k, ...): every cell's block of voxels, written by one broadcast copy
-        blocks = out.view(batch, *itertools.chain.from_iterable((c, k) for c in cells))
-        cell_axes = [1 + 2 * a for a in range(dim)]
-        per_cell = cell_values.view(batch, *itertools.chain.from_iterable((c, 1) for c in cells))
-        blocks.copy_(per_cell.expand_as(blocks))
-        if len(mixed_values):
-            by_cell = blocks.permute(0, *cell_axes, *(a + 1 for a in cell_axes))
-            index = tuple(self.mixed_cells.t())
-            by_cell.index_put_(index, mixed_values.view(-1, *(k,) * dim))
-        if tuple(out.shape[1:]) != self.size:  # the last cells overhang the volume
-            out = out[(slice(None), *(slice(0, s) for s in self.size))].contiguous()
-        return out
-
-
-def draw_labels(config: SynthesisConfig, batch: int, generator, device) -> LabelMap:
-    """Draws a batch of label maps (see the module docstring)."""
+def draw_labels(config: SynthesisConfig, batch: int, generator, device) -> torch.Tensor:
+    """Draws a batch of label maps (B, *size) int64 (see the module docstring)."""
     dim, size, k = config.dim, config.size, config.mask_lattice_spacing
     cells = tuple(math.ceil(s / k) for s in size)
     # Lattice points every k voxels; the last one may overhang the volume and is pulled back to
@@ -110,32 +67,47 @@ def _heatmaps(config: SynthesisConfig, batch: int, generator, device) -> torch.T
 
 def _sampling_grid(config, batch, fields, lattice, generator, device) -> torch.Tensor:
     """Where each lattice point samples the heatmaps, as a ``grid_sample`` grid (B*fields, *lattice, dim):
-    normalised coordinates, x (the last axis) first."""
+    normalised coordinates, x (the last axis) first (a channels-last view, which grid_sample reads
+    as fast as a contiguous grid)."""
     dim, size = config.dim, config.size
     # component c of the grid moves spatial axis dim-1-c; 2/(S-1) turns voxels into grid units
     extents = torch.tensor(size[::-1], device=device, dtype=torch.float32)
     to_unit = 2.0 / (extents - 1)
-    base = torch.stack(torch.meshgrid(*lattice, indexing="ij")[::-1], dim=-1)
-    offset = -1.0
+    offset = torch.full_like(extents, -1.0)
     if config.released_warp_coordinates:  # u -> u * S/(S-1) - 1/2, see the config field
         to_unit = to_unit * extents / (extents - 1)
         offset = -1.0 - 1.0 / (extents - 1)
-    base = base * to_unit + offset
     if config.deformation_std_range[1] == 0:
-        return base.expand(batch * fields, *base.shape).contiguous()
+        base = torch.stack(torch.meshgrid(*lattice, indexing="ij")[::-1], dim=-1) * to_unit + offset
+        return base.expand(batch * fields, *base.shape)
     noises = []
     for scale in config.deformation_scales:
         std = uniform(config.deformation_std_range, (batch,), generator, device)
         noise = torch.randn(batch, fields, dim, *_grid_shape(size, scale), generator=generator, device=device)
         noise = noise * (std.view(batch, 1, 1, *(1,) * dim) * to_unit.view(dim, *(1,) * dim))
-        noises.append(noise.flatten(0, 2))
-    displacement = interpolate_sum(noises, lattice, size)
-    displacement = displacement.view(batch * fields, dim, *displacement.shape[1:]).movedim(1, -1)
-    return displacement + base
+        noises.append(noise)
+    # The identity part (voxel position in grid units) is linear, and linear interpolation
+    # reproduces a linear function exactly: add it to one noise grid's knots instead of adding a
+    # full-size base grid afterwards.
+    grid = noises[0]
+    for c in range(dim):
+        axis = dim - 1 - c
+        points = grid.shape[3 + axis]
+        knots = torch.linspace(0, size[axis] - 1, points, device=device)
+        shape = [1] * dim
+        shape[axis] = points
+        grid[:, :, c] += (knots * to_unit[c] + offset[c]).view(shape)
+    displacement = interpolate_sum([n.flatten(0, 2) for n in noises], lattice, size)
+    return displacement.view(batch * fields, dim, *displacement.shape[1:]).movedim(1, -1)
 
 
-def _label_cells(logits: torch.Tensor, k: int, size: tuple[int, ...]) -> LabelMap:
-    """Argmax of the lattice logits (B, I, *lattice), refined voxel by voxel in mixed cells."""
+def _label_cells(logits: torch.Tensor, k: int, size: tuple[int, ...]) -> torch.Tensor:
+    """Labels (B, *size) from the lattice logits (B, I, *lattice): every voxel of a cell whose
+    corners share their argmax gets that label; the voxels of the other ("mixed") cells get the
+    argmax of their multilinearly interpolated logits.
+
+    Written with few, large tensor operations: on a CPU shared with other jobs every parallel
+    operation pays a fixed synchronisation cost, whatever its size."""
     batch, classes = logits.shape[:2]
     lattice = logits.shape[2:]
     dim = len(lattice)
@@ -143,32 +115,42 @@ def _label_cells(logits: torch.Tensor, k: int, size: tuple[int, ...]) -> LabelMa
     corners = list(itertools.product((0, 1), repeat=dim))
     channels_last = logits.movedim(1, -1).contiguous()  # argmax over a contiguous last axis is fast
     winner = channels_last.argmax(-1)  # (B, *lattice)
+    # A cell is mixed when its corners disagree: the max and min of the corner labels differ.
+    pool = F.max_pool3d if dim == 3 else F.max_pool2d
+    as_float = winner.unsqueeze(1).to(logits.dtype)
+    mixed = (pool(as_float, 2, 1) != -pool(-as_float, 2, 1)).squeeze(1)  # (B, *cells)
+    cell_labels = winner[(slice(None), *(slice(0, c) for c in cells))]
 
-    def corner_view(offsets):
-        return winner[(slice(None), *(slice(o, o + c) for o, c in zip(offsets, cells)))]
+    out = torch.empty(batch, *(c * k for c in cells), dtype=torch.int64, device=logits.device)
+    # (B, c1, k, c2, k, ...): every cell's block of voxels, written by one broadcast copy
+    blocks = out.view(batch, *itertools.chain.from_iterable((c, k) for c in cells))
+    blocks.copy_(cell_labels.view(batch, *itertools.chain.from_iterable((c, 1) for c in cells)).expand_as(blocks))
 
-    cell_labels = corner_view(corners[0])
-    mixed = torch.zeros_like(cell_labels, dtype=torch.bool)
-    for offsets in corners[1:]:
-        mixed |= corner_view(offsets) != cell_labels
     mixed_cells = mixed.nonzero()  # (M, 1 + dim)
+    if len(mixed_cells):
+        strides = torch.tensor([math.prod(lattice[a + 1:]) for a in range(dim)], device=logits.device)
+        # (integer products written out: CUDA has no integer matmul)
+        base = mixed_cells[:, 0] * math.prod(lattice) + (mixed_cells[:, 1:] * strides).sum(1)
+        corner_offsets = (torch.tensor(corners, device=logits.device) * strides).sum(1)
+        corner_points = corner_offsets[:, None] + base[None, :]  # (corners, M) flat lattice indices
+        weights = _cell_weights(k, dim, logits.device)
+        voxel_labels = _refine_cells(channels_last.view(-1, classes), corner_points, weights)
+        cell_axes = [1 + 2 * a for a in range(dim)]
+        by_cell = blocks.permute(0, *cell_axes, *(a + 1 for a in cell_axes))
+        by_cell.index_put_(tuple(mixed_cells.t()), voxel_labels.t().reshape(-1, *(k,) * dim))
+    if tuple(out.shape[1:]) != tuple(size):  # the last cells overhang the volume
+        out = out[(slice(None), *(slice(0, s) for s in size))].contiguous()
+    return out
 
-    # Corner logits of the mixed cells, gathered corner-major from the flattened lattice, then
-    # interpolated to every voxel of the cell with one matrix product: (k**dim, M, I).
-    strides = torch.tensor([math.prod(lattice[a + 1:]) for a in range(dim)], device=logits.device)
-    # (integer products written out: CUDA has no integer matmul)
-    base = mixed_cells[:, 0] * math.prod(lattice) + (mixed_cells[:, 1:] * strides).sum(1)
-    corner_offsets = (torch.tensor(corners, device=logits.device) * strides).sum(1)
-    corner_logits = channels_last.view(-1, classes)[corner_offsets[:, None] + base[None, :]]
-    weights = _cell_weights(k, dim, logits.device)
-    voxel_logits = (weights @ corner_logits.view(len(corners), -1)).view(len(weights), -1, classes)
-    return LabelMap(
-        cell_labels=cell_labels.contiguous(),
-        mixed_cells=mixed_cells,
-        mixed_labels=voxel_logits.argmax(-1).t().contiguous(),
-        spacing=k,
-        size=size,
-    )
+
+def _refine_cells(logits: torch.Tensor, corner_points: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Labels (k**dim, M) of the voxels of M mixed cells: the argmax of the logits interpolated
+    from the cell's corners (``weights`` (k**dim, corners)); ``logits`` (P, I) are the lattice's,
+    ``corner_points`` (corners, M) index them."""
+    classes = logits.shape[1]
+    corner_logits = logits[corner_points]  # (corners, M, I)
+    voxel_logits = (weights @ corner_logits.view(len(corner_points), -1)).view(len(weights), -1, classes)
+    return voxel_logits.argmax(-1)
 
 
 def _cell_weights(k: int, dim: int, device) -> torch.Tensor:

@@ -14,7 +14,9 @@ __all__ = [
     "class_volume_fractions",
     "empty_class_fraction",
     "surface_to_volume",
+    "per_sample",
     "summarize",
+    "standard_errors",
     "compare",
     "MATCH_TOLERANCES",
 ]
@@ -67,28 +69,51 @@ def _mean_gradient(image: torch.Tensor) -> torch.Tensor:
     return total / (x.dim() - 1)
 
 
-def summarize(image: torch.Tensor, label: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """Batch means of the label and image statistics (see :data:`MATCH_TOLERANCES` for the keys)."""
+def per_sample(image: torch.Tensor, label: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    """(B,) values of every statistic of :data:`MATCH_TOLERANCES`, one per sample."""
     fractions = class_volume_fractions(label, num_classes)
     flat = image.flatten(1).double()
     return {
-        "empty_class_fraction": float((fractions == 0).double().mean()),
-        "largest_class_fraction": float(fractions.max(1).values.mean()),
-        "surface_to_volume": float(surface_to_volume(label).mean()),
-        "image_mean": float(flat.mean(1).mean()),
-        "image_std": float(flat.std(1).mean()),
-        "image_gradient": float(_mean_gradient(image).mean()),
+        "empty_class_fraction": (fractions == 0).double().mean(1),
+        "largest_class_fraction": fractions.max(1).values,
+        "surface_to_volume": surface_to_volume(label),
+        "image_mean": flat.mean(1),
+        "image_std": flat.std(1),
+        "image_gradient": _mean_gradient(image),
     }
 
 
-def compare(candidate: dict[str, float], reference: dict[str, float]) -> list[dict]:
-    """One row per statistic: both values, the difference, the tolerance and whether it holds."""
+def summarize(image: torch.Tensor, label: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Batch means of the label and image statistics (see :data:`MATCH_TOLERANCES` for the keys)."""
+    return {name: float(values.mean()) for name, values in per_sample(image, label, num_classes).items()}
+
+
+def standard_errors(image: torch.Tensor, label: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Standard error of each batch mean of :func:`summarize` (sample std / sqrt(B)): these
+    statistics vary a lot from sample to sample, so a few samples cannot resolve small biases."""
+    values = per_sample(image, label, num_classes)
+    count = label.shape[0]
+    return {name: float(v.std() / count**0.5) if count > 1 else float("nan") for name, v in values.items()}
+
+
+def compare(candidate: dict[str, float], reference: dict[str, float],
+            candidate_errors: dict[str, float] | None = None,
+            reference_errors: dict[str, float] | None = None) -> list[dict]:
+    """One row per statistic: both values, the difference, the tolerance and whether it holds.
+
+    With the standard errors of both summaries, each row also gets ``z``: the difference of the
+    two means in units of its standard error (|z| below 2 is what sampling noise alone gives
+    in 95 % of comparisons)."""
     rows = []
     for name, (kind, tolerance) in MATCH_TOLERANCES.items():
         a, b = candidate[name], reference[name]
         difference = abs(a - b) if kind == "abs" else abs(a - b) / max(abs(b), 1e-12)
-        rows.append({
+        row = {
             "statistic": name, "fast": a, "reference": b, "difference": difference,
             "kind": kind, "tolerance": tolerance, "ok": difference <= tolerance,
-        })
+        }
+        if candidate_errors is not None and reference_errors is not None:
+            error = (candidate_errors[name] ** 2 + reference_errors[name] ** 2) ** 0.5
+            row["z"] = (a - b) / error if error > 0 else 0.0
+        rows.append(row)
     return rows
