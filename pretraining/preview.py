@@ -51,7 +51,7 @@ def save_preview(
 ) -> Path:
     """Write the preview grid for ``image`` (B, 1, *spatial), ``label`` and optionally
     ``assignment`` (both (B, *spatial)) to ``path`` and return the path."""
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     rows = []
     for b in range(min(max_samples, image.shape[0])):
@@ -72,6 +72,15 @@ def save_preview(
     picture = Image.fromarray(grid)
     if scale > 1:
         picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    titles = ["image", "label map"] + (["prototype assignment"] if assignment is not None else [])
+    header = 14
+    canvas = Image.new("RGB", (picture.width, picture.height + header), (255, 255, 255))
+    canvas.paste(picture, (0, header))
+    column = (image.shape[-1] + 2) * scale
+    draw = ImageDraw.Draw(canvas)
+    for i, title in enumerate(titles):
+        draw.text((i * column + 2, 1), title, fill=(0, 0, 0))
+    picture = canvas
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)

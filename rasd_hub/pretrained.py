@@ -146,6 +146,17 @@ def how_to_get_weights(architecture: str, header: bool = True) -> str:
 
 
 # -- registered weights ------------------------------------------------------------------------
-# None yet: a tag is added here only together with weights that exist, e.g. a weights directory
-# shipped in the package (``file="pretrained_weights/rasd2d_small.synth_cpu"``, sha256 pinned; its
-# files need a package-data pattern in pyproject.toml) or a Hub repo pinned to a commit. tests/test_models.py::test_no_placeholder_pretrained_tags checks it.
+# A tag is added here only together with weights that exist (no placeholders;
+# tests/test_models.py::test_no_placeholder_pretrained_tags checks each one). Files inside the
+# package need the package-data pattern in pyproject.toml.
+
+register_pretrained(PretrainedCfg(
+    architecture="rasd2d_small",
+    tag="synth10k_cpu",
+    file="pretrained_weights/rasd2d_small.synth10k_cpu",
+    sha256={"model.safetensors": "6ecadef9c455ea8abbf21b1c48d5b376fcab7b24aa2076802eeb7fe392250dc4"},
+    description="10k PDL steps on synthetic 64x64 images (official synthesis), 2-vCPU CPU, 15 min; "
+                "shipped in the package",
+    provenance={"preset": "rasd2d_small", "steps": 10_000, "batch_size": 8, "seed": 0,
+                "device": "cpu (2 vCPUs)", "wall_seconds": 873.4, "code_version": "rasd-hub 0.1.0"},
+))

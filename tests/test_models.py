@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -353,3 +355,37 @@ def test_save_pretrained_unwraps_compiled_models(tmp_path):
     wrapped._orig_mod = model  # what torch.compile's OptimizedModule holds
     rasd_hub.save_pretrained(wrapped, tmp_path)
     assert rasd_hub.load(tmp_path).state_dict().keys() == model.state_dict().keys()
+
+
+def test_shipped_weights_load_offline_without_any_network(tmp_path):
+    # a fresh interpreter, offline, with a dead endpoint: the packaged default weights still load
+    code = ("import rasd_hub; m = rasd_hub.load('rasd2d_small'); "
+            "print(m.rasd_config['pretrained']['sha256'])")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cfg = rasd_hub.pretrained.get_pretrained_cfg("rasd2d_small")
+    assert proc.stdout.strip() == cfg.sha256["model.safetensors"]
+
+
+def test_shipped_weights_are_checked_against_their_pinned_sha256(tmp_path):
+    import shutil
+
+    from rasd_hub.pretrained import PretrainedCfg, _CFGS, get_pretrained_cfg
+
+    shipped = get_pretrained_cfg("rasd2d_small")
+    copy = tmp_path / "weights"
+    shutil.copytree(Path(rasd_hub.__file__).parent / shipped.file, copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # same size, one flipped byte in the last tensor
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    cfg = PretrainedCfg("rasd2d_small", "corrupted_copy", path=str(copy), sha256=dict(shipped.sha256))
+    _CFGS[cfg.name] = cfg
+    try:
+        with pytest.raises(ChecksumMismatchError) as err:
+            rasd_hub.load(cfg.name)
+        assert shipped.sha256["model.safetensors"] in str(err.value)
+    finally:
+        del _CFGS[cfg.name]
