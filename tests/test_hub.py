@@ -300,3 +300,11 @@ def test_hf_endpoint_is_read_at_call_time(pushed, hub_server, hf_cache, monkeypa
     model = rasd_hub.load(f"hf-hub:{REPO}@{res.commit}", cache_dir=hf_cache)
     assert model.rasd_config["pretrained"]["sha256"] == res.sha256["model.safetensors"]
     assert any(r.startswith("GET /{repo}/resolve") for r in hub_server.state.log)
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    from rasd_hub._io import write_text_atomic
+
+    write_text_atomic(tmp_path / "a.txt", "x")
+    (tmp_path / "b.txt").write_text("x")  # what a plain open() gives under this umask
+    assert (tmp_path / "a.txt").stat().st_mode == (tmp_path / "b.txt").stat().st_mode
