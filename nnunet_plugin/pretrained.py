@@ -14,7 +14,6 @@ and classes and copies that state into nnU-Net's network.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +27,6 @@ _HINT = (f"Choose weights for nnU-Net with {ENV_VAR}: a weights folder written b
          "rasd_hub.save_pretrained or `rasd hub export` (export RASD_WEIGHTS=/path/to/folder), a "
          "registry name from `rasd hub list`, or hf-hub:ORG/REPO@REVISION; then run "
          "nnUNetv2_train again. RaSDTrainerFromScratch trains the same network without weights.")
-
-
-def _sha256(path) -> str:
-    """Of a bare .safetensors file, whose config states no checksum (rasd_hub checks stated ones)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _looks_like_path(source: str) -> bool:
@@ -76,21 +66,16 @@ def load_for_dataset(source: str, in_chans: int, num_classes: int) -> Pretrained
 
     _check_path(source)
     try:
-        _, src = rasd_hub.resolve_weights(source, True)
         model = rasd_hub.create_model(source, pretrained=True, num_classes=num_classes,
                                       in_chans=in_chans)
     except RasdError as err:
         err.add_note(_HINT)
         raise
+    # rasd_hub carries the weights' own normalisation and their source + sha256 in rasd_config
     config = dict(model.rasd_config)
-    # The normalisation the weights were trained with is what their config.json states, not what
-    # today's code would write.
-    if src is not None and src.config and src.config.get("normalization"):
-        config["normalization"] = src.config["normalization"]
-    sha = (config.get("pretrained") or {}).get("sha256") or _sha256(src.weights_file)
     report = getattr(model, "load_report", None)
     return PretrainedWeights(
-        requested=source, label=(config.get("pretrained") or {}).get("source", source), sha256=sha,
+        requested=source, label=config["pretrained"]["source"], sha256=config["pretrained"]["sha256"],
         config=config, state_dict=model.state_dict(),  # keeps the tensors, not the module
         report=report.summary() if report is not None else "")
 

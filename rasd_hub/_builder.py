@@ -258,6 +258,7 @@ def load_into(model, src: WeightsSource, *, strict: bool = True):
     The safetensors file is memory-mapped and its tensors are assigned to the model (not copied),
     so loading never holds two copies of the weights; pages are copied on write when trained.
     """
+    from rasd_hub._io import sha256_file
     from rasd_hub.weights import adapt_state_dict, load_state_dict_checked, load_weights_file
 
     state_dict = load_weights_file(src.weights_file, src.expected_sha256)
@@ -265,7 +266,11 @@ def load_into(model, src: WeightsSource, *, strict: bool = True):
     state_dict, report = adapt_state_dict(state_dict, model, source_cfg)
     load_state_dict_checked(model, state_dict, strict=strict, report=report, source=src.label)
     del state_dict
-    model.rasd_config["pretrained"] = {"source": src.label,
-                                       "sha256": src.verified_sha256 or src.expected_sha256}
+    # what the weights were trained on (e.g. measured input moments) travels with them
+    if src.config and src.config.get("normalization"):
+        model.rasd_config["normalization"] = dict(src.config["normalization"])
+    # provenance is always complete: a bare file with no recorded hash gets hashed here
+    sha256 = src.verified_sha256 or src.expected_sha256 or sha256_file(src.weights_file)
+    model.rasd_config["pretrained"] = {"source": src.label, "sha256": sha256}
     model.load_report = report
     return model

@@ -389,3 +389,14 @@ def test_shipped_weights_are_checked_against_their_pinned_sha256(tmp_path):
         assert shipped.sha256["model.safetensors"] in str(err.value)
     finally:
         del _CFGS[cfg.name]
+
+
+def test_loaded_model_carries_the_normalization_its_weights_were_trained_with():
+    from rasd_hub.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg("rasd2d_small")
+    saved = json.loads((Path(rasd_hub.__file__).parent / cfg.file / "config.json").read_text())
+    model = rasd_hub.load("rasd2d_small")
+    assert model.rasd_config["normalization"] == saved["normalization"]
+    assert "mean" in saved["normalization"]  # measured moments, not the code's generic default
+    assert model.rasd_config["pretrained"]["sha256"] == cfg.sha256["model.safetensors"]
