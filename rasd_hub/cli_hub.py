@@ -63,11 +63,13 @@ def run_list(args) -> int:
     if args.json:
         _print_json(infos)
         return 0
-    print(f"{'name':<14} {'dims':>4} {'params':>9}  {'weights':<10} description")
+    tags = {i["name"]: ",".join(w["name"].split(".", 1)[1] for w in i["weights"]) or "-"
+            for i in infos}
+    width = max([len("weights"), *map(len, tags.values())])
+    print(f"{'name':<14} {'dims':>4} {'params':>9}  {'weights':<{width}} description")
     for i in infos:
-        tags = ",".join(w["name"].split(".", 1)[1] for w in i["weights"]) or "-"
-        print(f"{i['name']:<14} {i['spatial_dims']:>3}D {i['num_params'] / 1e6:>8.1f}M  {tags:<10} "
-              f"{i['description']}")
+        print(f"{i['name']:<14} {i['spatial_dims']:>3}D {i['num_params'] / 1e6:>8.1f}M  "
+              f"{tags[i['name']]:<{width}} {i['description']}")
     return 0
 
 

@@ -42,3 +42,11 @@ def test_console_script_runs_without_arguments():
     )
     assert proc.returncode == 2, proc.stderr
     assert "usage: rasd" in proc.stdout
+
+
+def test_hub_list_table_filters_and_survives_an_empty_match(capsys):
+    assert main(["hub", "list", "rasd3d*"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("name") and all(line.startswith("rasd3d") for line in out[1:])
+    assert main(["hub", "list", "no_such_model*"]) == 0
+    assert capsys.readouterr().out.startswith("name")
