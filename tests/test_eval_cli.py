@@ -95,6 +95,20 @@ def test_probe_runs_without_training_and_writes_pictures(capsys, synthetic, weig
     assert len(list((tmp_path / "pics").glob("*.png"))) == 4  # 2 inits x 2 test cases
 
 
+def test_finetune_pictures_show_input_reference_and_each_init(capsys, synthetic, tmp_path):
+    from PIL import Image
+
+    pics = tmp_path / "pics"
+    report = _run_json(capsys, ["eval", "finetune", "--data", str(synthetic), "--model",
+                                "rasd2d_small", "--init", "scratch", "--seeds", "1", *STEPS,
+                                "--pictures", str(pics)])
+    assert "predictions" not in report["inits"]["scratch"]["runs"][0]  # arrays stay out of JSON
+    panels = sorted(pics.glob("*.png"))
+    assert [p.stem for p in panels] == sorted(report["split"]["test"])
+    width, height = Image.open(panels[0]).size
+    assert width == 3 * 128 + 2 * 2 and height > 128  # input | reference | scratch, 32 px x 4
+
+
 def test_bad_inputs_give_clear_errors(capsys, synthetic, tmp_path):
     base = ["eval", "finetune", "--model", "rasd2d_small", *STEPS]
     err = _error(capsys, base + ["--data", str(tmp_path), "--init", "scratch"])
@@ -133,5 +147,7 @@ def test_3d_model_on_2d_data_is_refused(capsys, synthetic):
 def test_3d_dataset_end_to_end(capsys, tmp_path):
     folder = build_synthetic_dataset(tmp_path, num_cases=2, num_test=1, shape=(32, 32, 32))
     report = _run_json(capsys, ["eval", "finetune", "--data", str(folder), "--model", "rasd3d_small",
-                                "--init", "scratch", "--seeds", "1", *STEPS])
+                                "--init", "scratch", "--seeds", "1", *STEPS,
+                                "--pictures", str(tmp_path / "pics")])
     assert 0 <= report["inits"]["scratch"]["mean"] <= 1
+    assert len(list((tmp_path / "pics").glob("*.png"))) == 1  # the 3D case's busiest slice

@@ -92,3 +92,13 @@ def test_pca_colouring_separates_regions_with_different_features():
     assert rgb.shape == (6, 6, 3) and rgb.dtype == np.uint8
     left, right = rgb[:, :3].reshape(-1, 3).mean(0), rgb[:, 3:].reshape(-1, 3).mean(0)
     assert np.abs(left - right).max() > 100  # the first component tells the halves apart
+
+
+def test_display_slice_picks_the_slice_with_most_foreground():
+    from nnunet_plugin.evaluation.pictures import display_slice
+
+    label = np.zeros((5, 8, 8), np.uint8)
+    label[1, :2, :2] = 1
+    label[3, :4, :4] = 2
+    assert display_slice(label) == (3,)
+    assert display_slice(label[3]) == ()

@@ -118,7 +118,7 @@ def test_3d_fullres_smoke_on_liver_ct_blocks(tmp_path):
     """The 3D path (3d_fullres plans, rasd3d_small, sliding-window prediction) runs end to end on
     64^3 blocks of the real CT. Two tiny epochs: this checks plumbing, not accuracy."""
     env = nnunet_environment(tmp_path / "nnunet")
-    raw = build_liver_ct_3d(env["nnUNet_raw"], 502, block=64)
+    raw = build_liver_ct_3d(env["nnUNet_raw"], 502, block=64, test_every=8)
     plan_and_preprocess(502, env, configurations=("3d_fullres",), verify=False)
     weights = save_random_weights("rasd3d_small", tmp_path / "weights")
     run_nnunet(["nnUNetv2_train", "502", "3d_fullres", "0", "-tr", SMOKE_TRAINER, "-device", "cpu"],

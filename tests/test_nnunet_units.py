@@ -130,6 +130,8 @@ def test_dice_per_label():
 @pytest.mark.slow
 def test_fetch_and_convert_real_volumes(tmp_path):
     """The three registry-hosted volumes download, decode and convert (cached per machine)."""
+    import SimpleITK as sitk
+
     image, label = datasets.load_liver_ct()
     assert image.shape == label.shape == (128, 128, 128)
     assert set(np.unique(label)) == {0, 1, 2} and image.min() < -500 < 500 < image.max()  # HU
@@ -141,3 +143,11 @@ def test_fetch_and_convert_real_volumes(tmp_path):
     meta = json.loads((folder / "dataset.json").read_text())
     assert meta["channel_names"] == {"0": "CT"} and meta["numTraining"] == 24
     assert len(list((folder / "imagesTs").glob("*.nii.gz"))) == 8
+    for build, shape, train, test in [(datasets.build_liver_ct_3d, (32, 64, 64), 9, 3),
+                                      (datasets.build_nuclei_3d, (60, 64, 64), 12, 4)]:
+        folder = build(tmp_path)
+        labels = sorted((folder / "labelsTs").glob("*.nii.gz"))
+        assert json.loads((folder / "dataset.json").read_text())["numTraining"] == train
+        assert len(labels) == test
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(labels[0])))
+        assert reference.shape == shape and reference.any()  # every test block holds foreground

@@ -28,11 +28,12 @@ def _builders() -> dict[str, Callable]:
         "liver_ct_2d": d.build_liver_ct_2d,  # CT, liver + tumour, 128x128 slices
         "mni_brain_2d": d.build_mni_brain_2d,  # T1 MRI, grey + white matter
         "nuclei_2d": d.build_nuclei_2d,  # fluorescence microscopy, nuclei
-        "liver_ct_3d": d.build_liver_ct_3d,  # CT, 64^3 blocks: for 3D models
+        "liver_ct_3d": d.build_liver_ct_3d,  # CT, 32x64x64 blocks: for 3D models
+        "nuclei_3d": d.build_nuclei_3d,  # fluorescence, 60x64x64 columns: for 3D models
     }
 
 
-BENCHMARKS = ("liver_ct_2d", "mni_brain_2d", "nuclei_2d", "liver_ct_3d")
+BENCHMARKS = ("liver_ct_2d", "mni_brain_2d", "nuclei_2d", "liver_ct_3d", "nuclei_3d")
 
 
 def write_split(folder: str | Path, few_shot: tuple[int, ...] = FEW_SHOT) -> dict:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 __all__ = ["configure_finetune", "configure_compare", "configure_probe", "configure_datasets"]
 
+PICTURE_CASES = 3  # test cases drawn by --pictures / --pca-out
+
 
 def _train_cases(text: str) -> int | None:
     if text == "all":
@@ -42,6 +44,10 @@ def _add_common(parser: argparse.ArgumentParser, *, train: bool) -> None:
         parser.add_argument("--patch", type=int, nargs="+", default=None,
                             help="patch size (default: image size rounded to the input divisor, "
                             "at most 128 in 2D / 64 in 3D)")
+        parser.add_argument("--pictures", type=Path, default=None, metavar="DIR",
+                            help="write input | reference | prediction per init (seed 0) PNGs of "
+                            f"the first {PICTURE_CASES} test cases (3D: the slice with most "
+                            "foreground)")
     parser.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1 ...")
     parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
@@ -88,7 +94,8 @@ def configure_probe(parser: argparse.ArgumentParser) -> None:
                         help="repeat for each init")
     parser.add_argument("--pca-out", type=Path, default=None,
                         help="write input | reference | prototype prediction | PCA of features "
-                        "PNGs of the first test cases per init (2D datasets)")
+                        f"PNGs of the first {PICTURE_CASES} test cases per init (3D: the slice "
+                        "with most foreground)")
     parser.set_defaults(func=run_probe)
 
 
@@ -177,12 +184,47 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run_finetune(args) -> int:
+def _compare(args, inits: list[str]) -> dict:
+    """Run the comparison (and its pictures, if asked for); the report dict."""
     from nnunet_plugin.evaluation.compare import run_comparison
 
     dataset, split = _setup(args)
-    report = run_comparison(dataset, split, args.model, [args.init], _seeds(args), _config(args),
-                            log=_log(args)).as_dict()
+    keep = PICTURE_CASES if args.pictures else 0
+    report = run_comparison(dataset, split, args.model, inits, _seeds(args), _config(args),
+                            log=_log(args), keep_predictions=keep)
+    if args.pictures:
+        _write_prediction_pictures(args.pictures, dataset, split, report)
+    return report.as_dict()
+
+
+def _short_title(init: str) -> str:
+    """A column title: a registry tag without its architecture, a weights folder's name (its
+    run's for ``.../export``), else the init itself."""
+    path = Path(init)
+    if path.exists():
+        return path.parent.name if path.name == "export" else path.name
+    return init.split(".", 1)[1] if "." in init and "/" not in init else init
+
+
+def _write_prediction_pictures(out: Path, dataset, split, report) -> None:
+    from nnunet_plugin.evaluation.data import load_case
+    from nnunet_plugin.evaluation.pictures import write_prediction_panels
+
+    first = {init: runs[0] for init, runs in report.runs.items()}
+    cases = [load_case(dataset, c) for c in split.test[:PICTURE_CASES]]
+    scores = {init: {case: _case_mean(run.per_case[case]) for case in run.predictions}
+              for init, run in first.items()}
+    write_prediction_panels(out, cases, {i: r.predictions for i, r in first.items()},
+                            titles={i: _short_title(i) for i in first}, scores=scores)
+
+
+def _case_mean(per_class: dict) -> float | None:
+    defined = [v for v in per_class.values() if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else None
+
+
+def run_finetune(args) -> int:
+    report = _compare(args, [args.init])
     summary = report["inits"][args.init]
     lines = [format_table(report), "", "per seed (Dice per class on the test cases):"]
     for run in summary["runs"]:
@@ -195,11 +237,7 @@ def run_finetune(args) -> int:
 
 
 def run_compare(args) -> int:
-    from nnunet_plugin.evaluation.compare import run_comparison
-
-    dataset, split = _setup(args)
-    report = run_comparison(dataset, split, args.model, args.inits, _seeds(args), _config(args),
-                            log=_log(args)).as_dict()
+    report = _compare(args, args.inits)
     _emit(args, report, format_table(report))
     return 0
 
@@ -207,6 +245,7 @@ def run_compare(args) -> int:
 def run_probe(args) -> int:
     from nnunet_plugin.evaluation.compare import Report, check_inits
     from nnunet_plugin.evaluation.finetune import load_split_cases
+    from nnunet_plugin.evaluation.pictures import write_probe_panels
     from nnunet_plugin.evaluation.probe import prototype_probe
 
     check_inits(args.inits)
@@ -217,38 +256,17 @@ def run_probe(args) -> int:
     for init in args.inits:
         report.runs[init] = []
         for seed in report.seeds:
-            keep = 3 if (args.pca_out and seed == 0) else 0
+            keep = PICTURE_CASES if (args.pca_out and seed == 0) else 0
             result, kept = prototype_probe(dataset, train, test, args.model, init, seed,
                                            device=args.device, keep_embeddings=keep)
             report.runs[init].append(result)
             if log:
                 log(f"{init} seed {seed}: prototype Dice {result.mean_dice:.4f}")
             if kept:
-                _write_pictures(args.pca_out, init, kept, dataset.num_classes)
+                write_probe_panels(args.pca_out, init, kept, title=_short_title(init))
     data = report.as_dict()
     _emit(args, data, format_table(data))
     return 0
-
-
-def _write_pictures(out: Path, init: str, kept: list, num_classes: int) -> None:
-    """input | reference | prototype prediction | PCA colouring, one PNG per test case (2D)."""
-    import numpy as np
-    from PIL import Image
-
-    from nnunet_plugin.evaluation.probe import pca_rgb
-
-    out.mkdir(parents=True, exist_ok=True)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in init).strip("._") or "init"
-    for item in kept:
-        if item["case"].label.ndim != 2:
-            return  # pictures of 3D volumes would need a slice choice: not done here
-        first = item["image"][0]
-        grey = (first - first.min()) / max(float(np.ptp(first)), 1e-8)  # display only
-        to_rgb = lambda a: np.repeat((a * 255).astype(np.uint8)[..., None], 3, axis=2)  # noqa: E731
-        labels = lambda l: to_rgb(l.astype(np.float32) / max(num_classes - 1, 1))  # noqa: E731
-        panel = np.concatenate([to_rgb(grey), labels(item["case"].label), labels(item["prediction"]),
-                                pca_rgb(item["embedding"])], axis=1)
-        Image.fromarray(panel).save(out / f"{safe}__{item['case'].case_id}.png")
 
 
 def run_datasets(args) -> int:

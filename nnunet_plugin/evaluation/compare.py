@@ -114,15 +114,19 @@ def _device_label(name: str) -> str:
 
 def run_comparison(dataset: RawDataset, split: Split, model: str, inits: Sequence[str],
                    seeds: Sequence[int], config: FinetuneConfig,
-                   log: Callable[[str], None] | None = None) -> Report:
-    """Fine-tune every init with every seed (same data, budget and recipe) and collect results."""
+                   log: Callable[[str], None] | None = None, keep_predictions: int = 0) -> Report:
+    """Fine-tune every init with every seed (same data, budget and recipe) and collect results.
+
+    The first seed's runs keep the predictions of the first ``keep_predictions`` test cases."""
     check_inits(inits)
     train, test = load_split_cases(dataset, split)
     report = Report(dataset, model, split, list(seeds), config, device=config.device)
     for init in inits:
         report.runs[init] = []
         for seed in seeds:
-            result = finetune_and_evaluate(dataset, train, test, model, init, seed, config, log=log)
+            keep = keep_predictions if seed == seeds[0] else 0
+            result = finetune_and_evaluate(dataset, train, test, model, init, seed, config, log=log,
+                                           keep_predictions=keep)
             if log:
                 log(f"{init} seed {seed}: mean Dice {result.mean_dice:.4f} ({result.seconds:.0f} s)")
             report.runs[init].append(result)

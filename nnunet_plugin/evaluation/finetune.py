@@ -74,10 +74,13 @@ class RunResult:
     seconds: float = 0.0
     source: str = ""  # resolved weights (label and sha256) or "scratch"
     intensity: str = ""
+    predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """case id -> predicted labels, for the first ``keep_predictions`` test cases (pictures)."""
 
     def as_dict(self) -> dict[str, Any]:
         clean = lambda x: None if isinstance(x, float) and math.isnan(x) else x  # noqa: E731
         d = asdict(self)
+        del d["predictions"]
         d["per_class"] = {k: clean(v) for k, v in self.per_class.items()}
         d["per_case"] = {c: {k: clean(v) for k, v in m.items()} for c, m in self.per_case.items()}
         d["mean_dice"], d["final_loss"] = clean(self.mean_dice), clean(self.final_loss)
@@ -183,8 +186,10 @@ def summarise_cases(per_case: dict[str, dict[str, float]], class_names: Sequence
 
 def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Case], model_name: str,
                           init: str, seed: int, config: FinetuneConfig,
-                          log=None) -> RunResult:
-    """Fine-tune ``init`` on ``train`` for ``config.steps`` steps with ``seed``; Dice on ``test``."""
+                          log=None, keep_predictions: int = 0) -> RunResult:
+    """Fine-tune ``init`` on ``train`` for ``config.steps`` steps with ``seed``; Dice on ``test``.
+
+    The predictions of the first ``keep_predictions`` test cases come back in the result."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -231,6 +236,7 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
     model.eval()
     names = dataset.foreground_labels
     per_case: dict[str, dict[str, float]] = {}
+    kept: dict[str, np.ndarray] = {}
     with torch.no_grad():
         for case in test:
             image, _ = pad_to_size(scaler(case.image), None, patch)
@@ -241,8 +247,10 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
             prediction = prediction[tuple(slice(0, s) for s in case.label.shape)]
             dice = dice_per_label(prediction, case.label, names)
             per_case[case.case_id] = {names[v]: d for v, d in dice.items()}
+            if len(kept) < keep_predictions:
+                kept[case.case_id] = prediction.astype(np.uint8)
     per_class, mean_dice = summarise_cases(per_case, list(names.values()))
     return RunResult(init=init, seed=seed, per_class=per_class, mean_dice=mean_dice,
                      per_case=per_case, final_loss=loss_value,
                      seconds=round(time.perf_counter() - start, 2), source=built.description,
-                     intensity=scaler.describe())
+                     intensity=scaler.describe(), predictions=kept)
