@@ -109,6 +109,26 @@ def test_finetune_pictures_show_input_reference_and_each_init(capsys, synthetic,
     assert width == 3 * 128 + 2 * 2 and height > 128  # input | reference | scratch, 32 px x 4
 
 
+def test_table_summarises_saved_reports(capsys, synthetic, weights_dir, tmp_path):
+    out = tmp_path / "report.json"
+    report = _run_json(capsys, ["eval", "compare", "--data", str(synthetic), "--model", "rasd2d_small",
+                                "--init", "scratch", "--init", str(weights_dir), "--seeds", "2",
+                                *STEPS, "--out", str(out)])
+    assert main(["eval", "table", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| dataset |") and len(lines) == 3  # header, rule, one pair
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    pair = report["pairs"][0]
+    scratch = report["inits"]["scratch"]["mean"]
+    assert cells[0] == synthetic.name and cells[1] == "2 steps" and cells[2] == "4 / 2"
+    assert cells[3].startswith(f"scratch: {scratch:.3f} [")
+    assert cells[5] == f"{pair['mean_difference']:+.3f}"
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["eval", "table", str(bad)]) == 2
+    assert "not a readable" in capsys.readouterr().err
+
+
 def test_bad_inputs_give_clear_errors(capsys, synthetic, tmp_path):
     base = ["eval", "finetune", "--model", "rasd2d_small", *STEPS]
     err = _error(capsys, base + ["--data", str(tmp_path), "--init", "scratch"])

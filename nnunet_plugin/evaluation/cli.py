@@ -11,7 +11,8 @@ import math
 import sys
 from pathlib import Path
 
-__all__ = ["configure_finetune", "configure_compare", "configure_probe", "configure_datasets"]
+__all__ = ["configure_finetune", "configure_compare", "configure_probe", "configure_datasets",
+           "configure_table", "markdown_rows"]
 
 PICTURE_CASES = 3  # test cases drawn by --pictures / --pca-out
 
@@ -113,6 +114,19 @@ def configure_datasets(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run_datasets)
 
 
+def configure_table(parser: argparse.ArgumentParser) -> None:
+    """Summarise saved reports (--out / --json of compare, finetune, probe) as one Markdown table.
+
+    One row per report and init other than the reference: train / test cases, reference and init
+    mean Dice with 95 percent CI, difference, paired p, per-class means (reference -> init), device.
+
+    Example:
+      rasd eval table docs/results/reports/compare_*.json
+    """
+    parser.add_argument("reports", nargs="+", type=Path, help="report JSON files")
+    parser.set_defaults(func=run_table)
+
+
 # ---------------------------------------------------------------------------- run functions
 
 def _log(args):
@@ -146,10 +160,10 @@ def _fmt(x) -> str:
     return "  n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
-def _fmt_p(p) -> str:
+def _fmt_p(p, digits: int = 4) -> str:
     if p is None:
         return "n/a"
-    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+    return f"{p:.{digits}f}" if p >= 10 ** -digits else f"{p:.1e}"
 
 
 def _emit(args, report: dict, text: str) -> None:
@@ -266,6 +280,56 @@ def run_probe(args) -> int:
                 write_probe_panels(args.pca_out, init, kept, title=_short_title(init))
     data = report.as_dict()
     _emit(args, data, format_table(data))
+    return 0
+
+
+def _f3(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def _mean_ci(summary: dict) -> str:
+    lo, hi = summary["ci95"]
+    return _f3(summary["mean"]) + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]")
+
+
+def markdown_rows(report: dict) -> list[str]:
+    """Markdown table rows (see ``rasd eval table``) of one report dict."""
+    inits = report["inits"]
+    split = report["split"]
+    kind = "probe" if "probe" in report["config"] else f"{report['config']['steps']} steps"
+    rows = []
+    for pair in report["pairs"] or [{"init": None, "reference": next(iter(inits))}]:
+        ref = inits[pair["reference"]]
+        other = inits.get(pair["init"]) if pair["init"] else None
+        per_class = " / ".join(
+            _f3(ref["per_class"][c]["mean"])
+            + ("" if other is None else " → " + _f3(other["per_class"][c]["mean"]))
+            for c in report["classes"])
+        cells = [Path(report["dataset"]).name, kind,
+                 f"{len(split['train'])} / {len(split['test'])}",
+                 f"{pair['reference']}: {_mean_ci(ref)}",
+                 "" if other is None else f"{pair['init']}: {_mean_ci(other)}",
+                 "" if other is None or pair["mean_difference"] is None
+                 else f"{pair['mean_difference']:+.3f}",
+                 "" if other is None else _fmt_p(pair["p_value"], digits=3),
+                 per_class, report["device"]]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def run_table(args) -> int:
+    from rasd_hub.errors import RasdValueError
+
+    lines = ["| dataset | budget | train / test | reference | init | Δ | p | per class | device |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path in args.reports:
+        try:
+            report = json.loads(Path(path).read_text())
+            lines += markdown_rows(report)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise RasdValueError(f"{path} is not a readable `rasd eval` report ({err!r}); give files "
+                                 "written by `rasd eval compare/finetune/probe --out FILE`") from None
+    print("\n".join(lines))
     return 0
 
 
