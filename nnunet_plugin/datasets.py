@@ -283,7 +283,7 @@ def build_liver_ct_3d(raw_root, dataset_id: int = 502, cache_dir=None,
     ``min_liver`` liver voxels are kept and every ``test_every``-th of them is a test case."""
     image, label = load_liver_ct(cache_dir)
     size = (block,) * 3 if isinstance(block, int) else tuple(block)
-    corners = [c for c in itertools.product(*[range(0, n - b + 1, b) for n, b in zip(image.shape, size)])
+    corners = [c for c in _block_corners(image.shape, size)
                if (label[_block(c, size)] > 0).mean() >= min_liver]
     train, test = _split_slices(corners, test_every)
 
@@ -294,6 +294,11 @@ def build_liver_ct_3d(raw_root, dataset_id: int = 502, cache_dir=None,
     return write_raw_dataset(raw_root, dataset_id, name, cases(train), {"0": "CT"},
                              {"background": 0, "liver": 1, "tumour": 2}, cases(test),
                              description="sub-volumes of one LiTS CT", licence=LIVER_CT.licence)
+
+
+def _block_corners(shape: Sequence[int], size: Sequence[int]):
+    """Corners of the non-overlapping ``size`` blocks that fit in ``shape`` (row-major order)."""
+    return itertools.product(*[range(0, n - b + 1, b) for n, b in zip(shape, size)])
 
 
 def _block(corner: Sequence[int], size: Sequence[int]) -> tuple[slice, ...]:
@@ -340,15 +345,13 @@ def build_nuclei_3d(raw_root, dataset_id: int = 505, cache_dir=None, block: int 
     binary nucleus label; every ``test_every``-th column holding nuclei is a test case."""
     image, instances = load_nuclei(cache_dir)
     label = (instances > 0).astype(np.uint8)
-    _, ny, nx = image.shape
-    columns = [(y, x) for y in range(0, ny - block + 1, block) for x in range(0, nx - block + 1, block)
-               if label[:, y:y + block, x:x + block].any()]
+    size = (image.shape[0], block, block)
+    columns = [c for c in _block_corners(image.shape, size) if label[_block(c, size)].any()]
     train, test = _split_slices(columns, test_every)
 
     def cases(corners):
-        return [Case(f"nuclei_y{y:03d}x{x:03d}",
-                     [image[:, y:y + block, x:x + block].astype(np.float32)],
-                     label[:, y:y + block, x:x + block]) for y, x in corners]
+        return [Case(f"nuclei_y{y:03d}x{x:03d}", [image[_block((z, y, x), size)].astype(np.float32)],
+                     label[_block((z, y, x), size)]) for z, y, x in corners]
 
     return write_raw_dataset(raw_root, dataset_id, name, cases(train), {"0": "fluorescence"},
                              {"background": 0, "nucleus": 1}, cases(test),

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -79,8 +79,8 @@ class RunResult:
 
     def as_dict(self) -> dict[str, Any]:
         clean = lambda x: None if isinstance(x, float) and math.isnan(x) else x  # noqa: E731
-        d = asdict(self)
-        del d["predictions"]
+        # field by field: asdict would deep-copy the prediction arrays only to drop them
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "predictions"}
         d["per_class"] = {k: clean(v) for k, v in self.per_class.items()}
         d["per_case"] = {c: {k: clean(v) for k, v in m.items()} for c, m in self.per_case.items()}
         d["mean_dice"], d["final_loss"] = clean(self.mean_dice), clean(self.final_loss)
