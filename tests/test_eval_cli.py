@@ -144,6 +144,12 @@ def test_bad_inputs_give_clear_errors(capsys, synthetic, tmp_path):
     err = _error(capsys, ["eval", "compare", "--data", str(synthetic), "--model", "rasd2d_small",
                           "--init", "scratch", "--init", "scratch", *STEPS])
     assert "once" in err
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    err = _error(capsys, base + ["--data", str(synthetic), "--init", "scratch", "--pictures", str(a_file)])
+    assert "--pictures" in err and "not a folder" in err
+    err = _error(capsys, base + ["--data", str(synthetic), "--init", "scratch", "--out", str(tmp_path)])
+    assert "--out" in err and "not a file path" in err
 
 
 def test_init_with_other_architecture_arguments_is_refused(capsys, synthetic, tmp_path):

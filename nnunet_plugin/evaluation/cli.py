@@ -141,9 +141,22 @@ def _seeds(args) -> list[int]:
     return list(range(args.seeds))
 
 
+def _check_outputs(args) -> None:
+    """Refuse unusable output paths before any training, so a long run is never lost at the end."""
+    from rasd_hub.errors import RasdValueError
+
+    for flag, path, want_dir in [("--out", args.out, False),
+                                 ("--pictures", getattr(args, "pictures", None), True),
+                                 ("--pca-out", getattr(args, "pca_out", None), True)]:
+        if path is not None and path.exists() and path.is_dir() != want_dir:
+            kind = "a folder" if want_dir else "a file path"
+            raise RasdValueError(f"{flag} {path} exists and is not {kind}; choose another path")
+
+
 def _setup(args):
     from nnunet_plugin.evaluation.data import open_dataset, resolve_split
 
+    _check_outputs(args)
     dataset = open_dataset(args.data)
     split = resolve_split(dataset, args.train_cases)
     return dataset, split
