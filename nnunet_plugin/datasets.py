@@ -233,10 +233,11 @@ def write_raw_dataset(raw_root, dataset_id: int, name: str, train_cases: Iterabl
     return folder
 
 
-def _split_slices(indices: Sequence[int], test_every: int) -> tuple[list[int], list[int]]:
-    """Every ``test_every``-th slice goes to the test split (interleaved, so both cover the organ)."""
-    test = [i for n, i in enumerate(indices) if n % test_every == test_every // 2]
-    return [i for i in indices if i not in test], test
+def interleaved_split(items: Sequence, test_every: int) -> tuple[list, list]:
+    """(train, test): the middle item of every ``test_every`` consecutive items is a test item,
+    so train and test interleave and both cover the organ."""
+    test = [i for n, i in enumerate(items) if n % test_every == test_every // 2]
+    return [i for i in items if i not in test], test
 
 
 def build_liver_ct_2d(raw_root, dataset_id: int = 501, cache_dir=None, slice_step: int = 4,
@@ -262,7 +263,7 @@ def build_liver_ct_2d(raw_root, dataset_id: int = 501, cache_dir=None, slice_ste
         label = label[:, factor // 2::factor, factor // 2::factor]
         step_yx = float(factor)
     with_liver = [z for z in range(0, image.shape[0], slice_step) if (label[z] > 0).any()]
-    train, test = _split_slices(with_liver, test_every)
+    train, test = interleaved_split(with_liver, test_every)
     # The package records no spacing: 1 mm in-plane is nominal. Single slices get nnU-Net's 2D
     # convention of a huge z spacing, so that planning never treats z as an in-plane axis.
     spacing = (SLICE_SPACING, step_yx, step_yx)
@@ -285,7 +286,7 @@ def build_liver_ct_3d(raw_root, dataset_id: int = 502, cache_dir=None,
     size = (block,) * 3 if isinstance(block, int) else tuple(block)
     corners = [c for c in _block_corners(image.shape, size)
                if (label[_block(c, size)] > 0).mean() >= min_liver]
-    train, test = _split_slices(corners, test_every)
+    train, test = interleaved_split(corners, test_every)
 
     def cases(chosen):
         return [Case("liver_" + "_".join(f"{a}{c:03d}" for a, c in zip("zyx", corner)),
@@ -310,7 +311,7 @@ def build_mni_brain_2d(raw_root, dataset_id: int = 503, cache_dir=None, slice_st
     """Axial slices of the MNI152 T1 with grey/white matter labels (MRI: z-score normalisation)."""
     t1, label = load_mni_brain(cache_dir)
     with_brain = [z for z in range(0, t1.shape[0], slice_step) if (label[z] > 0).sum() > 500]
-    train, test = _split_slices(with_brain, test_every)
+    train, test = interleaved_split(with_brain, test_every)
 
     def cases(indices):
         return [Case(f"mni_z{z:03d}", [t1[z]], label[z], (SLICE_SPACING, 1.0, 1.0)) for z in indices]
@@ -327,7 +328,7 @@ def build_nuclei_2d(raw_root, dataset_id: int = 504, cache_dir=None, slice_step:
     image, instances = load_nuclei(cache_dir)
     label = (instances > 0).astype(np.uint8)
     with_nuclei = [z for z in range(0, image.shape[0], slice_step) if label[z].any()]
-    train, test = _split_slices(with_nuclei, test_every)
+    train, test = interleaved_split(with_nuclei, test_every)
 
     def cases(indices):
         return [Case(f"nuclei_z{z:03d}", [image[z].astype(np.float32)], label[z], (SLICE_SPACING, 1.0, 1.0))
@@ -347,7 +348,7 @@ def build_nuclei_3d(raw_root, dataset_id: int = 505, cache_dir=None, block: int 
     label = (instances > 0).astype(np.uint8)
     size = (image.shape[0], block, block)
     columns = [c for c in _block_corners(image.shape, size) if label[_block(c, size)].any()]
-    train, test = _split_slices(columns, test_every)
+    train, test = interleaved_split(columns, test_every)
 
     def cases(corners):
         return [Case(f"nuclei_y{y:03d}x{x:03d}", [image[_block((z, y, x), size)].astype(np.float32)],

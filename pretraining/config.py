@@ -11,9 +11,11 @@ from pretraining.pdl import PDLConfig
 from pretraining.presets import get_preset
 from rasd_hub.errors import RasdValueError
 
-__all__ = ["TrainConfig", "PRECISIONS", "SCHEDULES"]
+__all__ = ["TrainConfig", "PRECISIONS", "SCHEDULES", "IDENTITY_KEYS"]
 
 PRECISIONS = ("auto", "bf16", "fp32")
+#: what a checkpoint must match to be resumed (see TrainConfig.identity)
+IDENTITY_KEYS = ("preset", "architecture", "model_kwargs", "spatial_dims", "size", "num_classes")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -127,11 +129,4 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed by this run: same preset, same model,
         same data geometry. Run length, lr and bookkeeping may change between launches."""
-        return {
-            "preset": self.preset,
-            "architecture": self.architecture,
-            "model_kwargs": self.model_kwargs,
-            "spatial_dims": self.spatial_dims,
-            "size": self.size,
-            "num_classes": self.num_classes,
-        }
+        return {k: getattr(self, k) for k in IDENTITY_KEYS}

@@ -38,7 +38,7 @@ from pretraining.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from pretraining.config import TrainConfig
+from pretraining.config import IDENTITY_KEYS, TrainConfig
 from pretraining.distributed import DistContext, init_distributed
 from pretraining.errors import (
     NonFiniteLossError,
@@ -194,6 +194,7 @@ class Trainer:
         self.nonfinite_steps = 0
         self.resumed_from: int | None = None
         self._wall_before = 0.0
+        self._wall_seconds = 0.0  # this launch's training time, set by run()
 
         self.forward_module: nn.Module = self.model
         if self.ctx.distributed:
@@ -219,10 +220,6 @@ class Trainer:
         self.ctx.barrier()
         return OfflinePool(Path(config.offline_pool), self.device, self.ctx.rank,
                            self.ctx.world_size)
-
-    @property
-    def unwrapped(self) -> nn.Module:
-        return self.model
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> dict[str, Any] | None:
@@ -267,7 +264,7 @@ class Trainer:
             "loss": "PDL",
             "pdl": c.to_dict()["pdl"],
             # training wall time of all launches of this run (resumed ones add to it)
-            "wall_seconds": round(self._wall_before + getattr(self, "_wall_seconds", 0.0), 1),
+            "wall_seconds": round(self._wall_before + self._wall_seconds, 1),
             "code_version": f"rasd-hub {code_version}",
             "data": "purely synthetic (RaSD randomized synthesis); no real images",
         }
@@ -339,18 +336,21 @@ class Trainer:
         out.loss.backward()
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        loss_ok = bool(torch.isfinite(out.loss))
+        # one device-to-host read per step for the decision and the logged values
+        loss, separation, clustering, norm = torch.stack(
+            [out.loss.detach().float(), out.separation.detach().float(),
+             out.clustering.detach().float(), grad_norm.detach().float()]).tolist()
+        loss_ok = math.isfinite(loss)
         if self.ctx.distributed:  # a loss that is inf with finite gradients: skip everywhere
             loss_ok = not self.ctx.any_flag(not loss_ok)
-        applied = loss_ok and bool(torch.isfinite(grad_norm))
+        applied = loss_ok and math.isfinite(norm)
         if applied:
             self.optimizer.step()
         else:
             self.optimizer.zero_grad(set_to_none=True)
         # the schedule follows the step count, applied or not, so resume needs no bookkeeping
         self.scheduler.step()
-        return StepResult(float(out.loss.detach()), float(out.separation.detach()),
-                          float(out.clustering.detach()), float(grad_norm), applied)
+        return StepResult(loss, separation, clustering, norm, applied)
 
     def preview(self, image: torch.Tensor, label: torch.Tensor, name: str) -> Path | None:
         """Rank 0: save a preview PNG with the model's prototype assignments. Uses no randomness
@@ -472,8 +472,7 @@ class Trainer:
 
 
 def _identity_of(run_config: dict[str, Any]) -> dict[str, Any]:
-    keys = ("preset", "architecture", "model_kwargs", "spatial_dims", "size", "num_classes")
-    return {k: run_config.get(k) for k in keys}
+    return {k: run_config.get(k) for k in IDENTITY_KEYS}
 
 
 def _device_name(device: torch.device) -> str:

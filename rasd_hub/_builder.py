@@ -64,9 +64,7 @@ def _local_source(path: str | os.PathLike, *, need_weights: bool = True) -> Weig
             )
         config = None
         if (p.parent / "config.json").is_file():
-            from rasd_hub.weights import read_config as _rc
-
-            config = _rc(p.parent)
+            config = read_config(p.parent)
         return WeightsSource(config, p, str(p))
     raise WeightsFormatError(f"pretrained={str(path)!r}: no such file or directory")
 

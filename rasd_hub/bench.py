@@ -49,22 +49,21 @@ def _reset_peak() -> bool:
 def seed_hub_cache(weights_dir: str | os.PathLike, cache_dir: str | os.PathLike, repo_id: str) -> str:
     """Put a weights directory into a Hub cache as the client would; returns the fake commit."""
     from rasd_hub._io import sha256_file
+    from rasd_hub.hub import _git_blob_sha1
 
     weights_dir, cache_dir = Path(weights_dir), Path(cache_dir)
     repo_dir = cache_dir / ("models--" + repo_id.replace("/", "--"))
     files = sorted(p for p in weights_dir.iterdir() if p.is_file())
-    commit = hashlib.sha1("".join(sha256_file(p) for p in files).encode()).hexdigest()
+    digests = {p: sha256_file(p) for p in files}  # each file read once
+    commit = hashlib.sha1("".join(digests[p] for p in files).encode()).hexdigest()
     snap = repo_dir / "snapshots" / commit
     (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
     snap.mkdir(parents=True, exist_ok=True)
     (repo_dir / "refs").mkdir(exist_ok=True)
     (repo_dir / "refs" / "main").write_text(commit)
     for p in files:
-        if p.suffix == ".safetensors":
-            name = sha256_file(p)
-        else:
-            data = p.read_bytes()
-            name = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        # the client names LFS blobs by sha256 and small files by their git blob sha1
+        name = digests[p] if p.suffix == ".safetensors" else _git_blob_sha1(p)
         blob = repo_dir / "blobs" / name
         if not blob.exists():
             try:

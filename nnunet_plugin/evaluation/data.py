@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from nnunet_plugin.datasets import interleaved_split
 from nnunet_plugin.evaluation.errors import DatasetLayoutError, SplitError
 
 __all__ = ["RawDataset", "Split", "Case", "open_dataset", "resolve_split", "load_case"]
@@ -125,9 +126,7 @@ def open_dataset(folder: str | Path) -> RawDataset:
 
 
 def _fixed_split(ids: Sequence[str]) -> tuple[list[str], list[str]]:
-    ordered = sorted(ids)
-    test = [c for n, c in enumerate(ordered) if n % TEST_EVERY == 2]
-    return [c for c in ordered if c not in test], test
+    return interleaved_split(sorted(ids), TEST_EVERY)
 
 
 def resolve_split(dataset: RawDataset, train_cases: int | None = None) -> Split:

@@ -72,7 +72,6 @@ def build_model(model_name: str, init: str, num_classes: int | None, in_chans: i
         return BuiltModel(twin, dict(normalization), SCRATCH)
     name, pretrained = _weights_name(arch, init)
     try:
-        _, source = rasd_hub.resolve_weights(name, pretrained)
         model = rasd_hub.create_model(name, pretrained=pretrained, num_classes=num_classes,
                                       in_chans=in_chans)
     except RasdError as err:
@@ -88,8 +87,9 @@ def build_model(model_name: str, init: str, num_classes: int | None, in_chans: i
             f"{twin.rasd_config['architecture']} with {_comparable_args(twin.rasd_config)}; a "
             "comparison needs one architecture for every init. Pass --model the weights' "
             "architecture (or the weights folder itself, so scratch gets the same arguments).")
-    normalization = (source.config or {}).get("normalization") if source else None
-    normalization = normalization or model.rasd_config["normalization"]
-    sha = (model.rasd_config.get("pretrained") or {}).get("sha256", "")
-    label = source.label if source else name
-    return BuiltModel(model, dict(normalization), f"{label}" + (f" sha256 {sha[:12]}" if sha else ""))
+    # rasd_hub copied the weights' own normalisation and provenance into rasd_config on loading
+    provenance = model.rasd_config.get("pretrained") or {}
+    sha = provenance.get("sha256", "")
+    label = provenance.get("source", name)
+    return BuiltModel(model, dict(model.rasd_config["normalization"]),
+                      f"{label}" + (f" sha256 {sha[:12]}" if sha else ""))

@@ -75,14 +75,14 @@ def prototype_probe(dataset: RawDataset, train: Sequence[Case], test: Sequence[C
     names = dataset.foreground_labels
     per_case, kept = {}, []
     for case in test:
-        f = embed(model, scaler(case.image), divisor, dev)
+        image = scaler(case.image)
+        f = embed(model, image, divisor, dev)
         similarity = np.tensordot(prototypes, f, axes=(1, 0))  # (P, *spatial)
         prediction = classes[similarity.argmax(0)]
         dice = dice_per_label(prediction, case.label, names)
         per_case[case.case_id] = {names[v]: d for v, d in dice.items()}
         if len(kept) < keep_embeddings:
-            kept.append({"case": case, "embedding": f, "prediction": prediction,
-                         "image": scaler(case.image)})
+            kept.append({"case": case, "embedding": f, "prediction": prediction, "image": image})
     per_class, mean_dice = summarise_cases(per_case, list(names.values()))
     result = RunResult(init=init, seed=seed, per_class=per_class, mean_dice=mean_dice,
                        per_case=per_case, source=built.description, intensity=scaler.describe())
