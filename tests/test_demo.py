@@ -14,13 +14,21 @@ def test_demo_end_to_end_short(tmp_path):
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "8", "--size", "32",
-                 "--no-progress"]) == 0
+                 "--nnunet-trainer", "RaSDTrainerSmall_2epochs_cpu", "--no-progress"]) == 0
     report = json.loads((out / "demo.json").read_text())
     assert report["ok"], report
-    assert [s["name"] for s in report["stages"]] == ["synthesis", "pretrain", "reload", "evaluate"]
+    assert [s["name"] for s in report["stages"]] == ["synthesis", "pretrain", "reload", "evaluate",
+                                                     "nnunet"]
     for name in ("synthetic_batch.png", "preview_start.png", "preview_end.png",
-                 "metrics.jsonl", "export/model.safetensors", "export/config.json"):
+                 "metrics.jsonl", "export/model.safetensors", "export/config.json",
+                 "nnunet/commands.txt", *report["nnunet"]["pictures"]):
         assert (out / name).stat().st_size > 0, name
+    # nnU-Net fine-tuned the demo's own export and scored both real test tiles
+    dice = report["nnunet"]["dice"]
+    assert len(dice) == 2 and all(0 <= d <= 1 for d in dice.values())
+    fold = next((out / "nnunet" / "results").glob("Dataset506_*/*__RaSDPlans__2d/fold_0"))
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert f"RaSD: loaded {(out / 'export').resolve()}" in log
     assert report["final_loss"] < report["first_loss"]
     # the final checkpoint exports (`rasd hub export`) to the same weights as OUT/export
     import rasd_hub
@@ -31,7 +39,7 @@ def test_demo_end_to_end_short(tmp_path):
     a, b = rasd_hub.load(str(exported)).state_dict(), rasd_hub.load(str(out / "export")).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # a second run into the same folder starts over instead of refusing
-    again = run_demo(out, steps=1, size=32, progress=False)
+    again = run_demo(out, steps=1, size=32, progress=False, nnunet_trainer=None)
     assert again.ok, again.summary()
 
 
@@ -46,5 +54,5 @@ def test_demo_reports_a_failing_stage_and_skips_what_depends_on_it(tmp_path, mon
     assert not report.ok
     statuses = {s.name: s.status for s in report.stages}
     assert statuses == {"synthesis": "failed", "pretrain": "skipped",
-                        "reload": "skipped", "evaluate": "skipped"}
+                        "reload": "skipped", "evaluate": "skipped", "nnunet": "skipped"}
     assert "synthesis exploded" in report.summary()

