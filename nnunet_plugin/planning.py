@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from nnunet_plugin.errors import PatchTooSmallError, PlansError, WeightsDimensionError
 
 __all__ = ["DEFAULT_PLANS_NAME", "PlanResult", "plan_dataset", "plan_configuration", "round_patch_size",
-           "estimate_batch_size", "activation_bytes", "planned_weights", "PLANS_FORMAT"]
+           "estimate_batch_size", "activation_bytes", "nnunet_dataset_voxels", "planned_weights", "PLANS_FORMAT"]
 
 DEFAULT_PLANS_NAME = "RaSDPlans"
 PLANS_FORMAT = 1
@@ -175,6 +175,15 @@ def _dataset_folder(dataset) -> tuple[str, Path]:
     return name, Path(nnUNet_preprocessed) / name
 
 
+def nnunet_dataset_voxels(plans: dict, dataset_json: dict) -> float:
+    """nnU-Net's estimate of the dataset's voxel count (its 5 % batch cap): the median 3D shape at
+    the full-resolution spacing times the number of training cases, for 2D and 3D configurations
+    alike (a 2D dataset's median shape has one slice)."""
+    fullres = plans["configurations"].get("3d_fullres")
+    shape = fullres["median_image_size_in_voxels"] if fullres else plans["original_median_shape_after_transp"]
+    return float(math.prod(shape)) * int(dataset_json["numTraining"])
+
+
 def plan_configuration(manager, dataset_json: dict, name: str, rasd_config: dict,
                        source: str = "the weights") -> tuple[dict, dict[str, Any]]:
     """One configuration of the source plans with the network ``rasd_config`` describes:
@@ -210,10 +219,10 @@ def plan_configuration(manager, dataset_json: dict, name: str, rasd_config: dict
         source_arch["_kw_requires_import"], in_channels, num_classes, allow_init=False,
         deep_supervision=True)
     ours = RaSDNetwork(in_channels, num_classes, **architecture["arch_kwargs"])
-    voxels = math.prod(cfg["median_image_size_in_voxels"]) * int(dataset_json["numTraining"])
     batch, rule = estimate_batch_size(
         nnunet_network=nnunet_net, nnunet_patch=cfg["patch_size"], nnunet_batch=cfg["batch_size"],
-        network=ours, patch=patch, input_channels=in_channels, dataset_voxels=voxels)
+        network=ours, patch=patch, input_channels=in_channels,
+        dataset_voxels=nnunet_dataset_voxels(manager.plans, dataset_json))
     summary = {"nnunet_patch_size": list(cfg["patch_size"]), "patch_size": patch,
                "nnunet_batch_size": int(cfg["batch_size"]), "batch_size": batch,
                "batch_size_rule": rule, "input_mapping": [m.explanation for m in mappings],
