@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from nnunet_plugin.errors import PlansError
 
-__all__ = ["RaSDNetwork", "NETWORK_CLASS", "architecture_entry", "is_rasd_architecture",
+__all__ = ["MappedNetwork", "RaSDNetwork", "NETWORK_CLASS", "architecture_entry", "is_rasd_architecture",
            "comparable_model_args"]
 
 NETWORK_CLASS = "nnunet_plugin.network.RaSDNetwork"
@@ -62,50 +62,38 @@ def is_rasd_architecture(architecture: dict | None) -> bool:
     return bool(architecture) and architecture.get("network_class_name") == NETWORK_CLASS
 
 
-class RaSDNetwork(nn.Module):
-    """``net(x * input_scale + input_shift)``: a rasd_hub model fed nnU-Net's normalised inputs.
+class MappedNetwork(nn.Module):
+    """``net(x * input_scale + input_shift)``: the plugin's one intensity path onto a network.
 
     Args:
-        input_channels: channels nnU-Net feeds (image channels, plus one-hot segmentations of a
-            previous stage in a cascade).
-        num_classes: segmentation outputs.
-        rasd_architecture: registered rasd_hub architecture (``rasd_hub.list_models()``).
-        rasd_model_args: its arguments except ``in_channels`` / ``out_channels``.
+        net: a rasd_hub model (it carries ``rasd_config``).
         input_scale, input_shift: one value per image channel (see
-            :mod:`nnunet_plugin.normalization`); channels beyond them pass through unchanged.
-        deep_supervision: nnU-Net's flag. rasd_hub's MONAI networks have a single output, so only
-            ``False`` / ``None`` are accepted for them.
+            :mod:`nnunet_plugin.normalization`).
+        input_channels: channels fed (default: as many as there are values); channels beyond
+            the values (a cascade's one-hot segmentations) pass through unchanged.
 
-    The scale and shift are the plans' values when built and the fold's own after a checkpoint is
-    loaded (they are persistent buffers). ``pretrained`` is the identity of the weights the fold
-    started from (source, sha256, ...), or None for a network trained from scratch.
+    The scale and shift are persistent buffers, so a checkpoint carries the mapping it was trained
+    with. The nnU-Net trainers build :class:`RaSDNetwork` (this, built from the plans); the
+    evaluation harness wraps its models in this class directly.
     """
 
-    def __init__(self, input_channels: int, num_classes: int, rasd_architecture: str,
-                 rasd_model_args: dict[str, Any], input_scale: Sequence[float],
-                 input_shift: Sequence[float], deep_supervision: bool | None = None):
+    def __init__(self, net: nn.Module, input_scale: Sequence[float], input_shift: Sequence[float],
+                 input_channels: int | None = None):
         super().__init__()
-        import rasd_hub
-
+        input_channels = len(input_scale) if input_channels is None else int(input_channels)
         if len(input_scale) != len(input_shift) or not input_scale:
-            raise PlansError("the plans' input_scale and input_shift need one value per image channel")
+            raise PlansError("input_scale and input_shift need one value per image channel")
         if len(input_scale) > input_channels:
             raise PlansError(
                 f"the plans map {len(input_scale)} image channels but nnU-Net feeds {input_channels}: "
                 "these plans were written for another dataset; run `rasd nnunet plan` again")
-        if deep_supervision:
-            raise PlansError(f"{rasd_architecture} has a single output; train it with deep "
-                             "supervision off (the RaSD trainers do)")
-        self.net = rasd_hub.create_model(rasd_architecture, pretrained=False, num_classes=num_classes,
-                                         in_chans=input_channels, **rasd_model_args)
+        self.net = net
         extra = input_channels - len(input_scale)
-        dims = int(self.net.rasd_config["spatial_dims"])
-        shape = (1, input_channels) + (1,) * dims
+        shape = (1, input_channels) + (1,) * int(net.rasd_config["spatial_dims"])
         scale = torch.tensor([*map(float, input_scale), *[1.0] * extra]).view(shape)
         shift = torch.tensor([*map(float, input_shift), *[0.0] * extra]).view(shape)
         self.register_buffer("input_scale", scale)
         self.register_buffer("input_shift", shift)
-        self.pretrained: dict | None = None
 
     @property
     def rasd_config(self) -> dict:
@@ -123,6 +111,39 @@ class RaSDNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x * self.input_scale + self.input_shift)
+
+
+class RaSDNetwork(MappedNetwork):
+    """The network of RaSD plans, built by nnU-Net's ``get_network_from_plans``.
+
+    Args:
+        input_channels: channels nnU-Net feeds (image channels, plus one-hot segmentations of a
+            previous stage in a cascade).
+        num_classes: segmentation outputs.
+        rasd_architecture: registered rasd_hub architecture (``rasd_hub.list_models()``).
+        rasd_model_args: its arguments except ``in_channels`` / ``out_channels``.
+        input_scale, input_shift: the plans' mapping, one value per image channel.
+        deep_supervision: nnU-Net's flag. rasd_hub's MONAI networks have a single output, so only
+            ``False`` / ``None`` are accepted for them.
+
+    The scale and shift are the plans' values when built and the fold's own after a checkpoint is
+    loaded. ``pretrained`` is the identity of the weights the fold started from (source, sha256,
+    ...), or None for a network trained from scratch; it travels in checkpoints as the module's
+    extra state.
+    """
+
+    def __init__(self, input_channels: int, num_classes: int, rasd_architecture: str,
+                 rasd_model_args: dict[str, Any], input_scale: Sequence[float],
+                 input_shift: Sequence[float], deep_supervision: bool | None = None):
+        import rasd_hub
+
+        if deep_supervision:
+            raise PlansError(f"{rasd_architecture} has a single output; train it with deep "
+                             "supervision off (the RaSD trainers do)")
+        net = rasd_hub.create_model(rasd_architecture, pretrained=False, num_classes=num_classes,
+                                    in_chans=input_channels, **rasd_model_args)
+        super().__init__(net, input_scale, input_shift, input_channels)
+        self.pretrained: dict | None = None
 
     # ---------------------------------------------------------------- what a checkpoint carries
     def get_extra_state(self) -> dict:
