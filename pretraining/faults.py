@@ -6,9 +6,11 @@ command, ``python -m pretraining``, with tiny settings on the CPU:
 1. a reference run, uninterrupted, that also records every write the atomic writer makes (and
    when), so that kills can be aimed at them;
 2. each trial starts the same run afresh and kills it with SIGKILL, either at a random instant
-   of the run (from the parent) or inside a write (the child kills itself: half-way through a
+   of its training (from the parent: uniform over the span of the reference's writes, counted
+   from this run's first write) or inside a write (the child kills itself: half-way through a
    checkpoint's ``torch.save`` or the export's safetensors file, before the temporary file's
-   fsync, before the rename, before the directory fsync, before / after a folder swap);
+   fsync, before the rename, before the directory fsync, before / after a folder swap), or
+   inside a write of ``--resume`` on the finished run (the export's folder swap);
 3. then ``--resume`` runs to the end, and the trial survives only if it resumed from the newest
    checkpoint that was complete when the process died, and ended with the reference's weights
    (bitwise), metrics (step and loss of every step), start preview, checkpoints and export, with
@@ -299,11 +301,17 @@ def run_trial(run: FaultRun, ref: Reference, work: Path, index: int, mode: str,
                        _env(**{_KILL_ENV: str(event)}), timeout)
         trial.killed = proc.returncode == -signal.SIGKILL
     else:
-        # from shortly before the first write (training starts) to the end of the run
-        at = rng.uniform(max(0.0, ref.events[0][0] - 1.0), ref.seconds)
-        trial = Trial(index, mode, f"{at:.2f} s")
+        # a random instant of the training part of the run: from its first write (the metrics
+        # file, when training starts) to the reference's last write, plus a little
+        window = (ref.events[-1][0] - ref.events[0][0]) * 1.05
+        at = rng.uniform(0.0, window)
+        trial = Trial(index, mode, f"{at:.2f} s after training started")
         child = subprocess.Popen(_child_cmd(["child", *run.argv(out)]), env=_env(),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while child.poll() is None and not (out / "metrics.jsonl").exists() \
+                and time.monotonic() < deadline:
+            time.sleep(0.005)
         try:
             child.wait(timeout=at)
         except subprocess.TimeoutExpired:

@@ -41,7 +41,6 @@ from torch import nn
 from pretraining.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointUnreadableError,
-    CheckpointWriteError,
     capture_rng_state,
     list_checkpoints,
     load_checkpoint,
@@ -66,7 +65,7 @@ from pretraining.sources import (
     synthetic_intensity_moments,
 )
 from rasd_hub._io import atomic_path, remove_stale_temporaries
-from rasd_hub.errors import RasdError, RasdValueError
+from rasd_hub.errors import RasdValueError
 
 __all__ = ["Trainer", "RunResult", "StepResult", "run_pretraining", "hub_model", "lr_factor"]
 
@@ -303,7 +302,6 @@ class Trainer:
         are files but none loads; unreadable files newer than the one resumed are set aside."""
 
         def choose():
-            remove_stale_writes(self.checkpoint_dir)
             scan = scan_checkpoints(self.checkpoint_dir)
             if scan.path is None:
                 if scan.unreadable:
@@ -582,8 +580,9 @@ def run_pretraining(
                 raise PretrainingError(
                     f"{config.out_path} already holds checkpoints; pass --resume to continue that "
                     "run or choose another --out directory")
-            # what a killed writer left: export staging folders, previews (one run per OUT)
+            # what killed writers left (one run per OUT, so they are this run's own)
             remove_stale_temporaries(config.out_path)
+            remove_stale_writes(config.out_path / "checkpoints")
 
         ctx.on_main(check_out)
         trainer = Trainer(config, ctx, build_model=build_model, build_source=build_source,

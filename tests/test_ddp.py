@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 #: kill -9 rank 1 when it draws this batch, in torchrun's first attempt only
 KILL_VAR = "RASD_TEST_KILL_RANK1_AT_BATCH"
+#: after a restart, rank 1 joins this many seconds after rank 0 (as a slower node would)
+LATE_VAR = "RASD_TEST_RANK1_LATE_AFTER_RESTART"
 LAUNCH_TIMEOUT = 150  # seconds per launch; a hang fails the test instead of eating CI
 
 
@@ -33,7 +36,10 @@ def worker(out: Path, steps: int, resume: bool) -> None:
     from test_runner import TinyNet, TinyStream
 
     rank = int(os.environ["RANK"])
-    kill_at = int(os.environ.get(KILL_VAR, 0)) if os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0" else 0
+    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+    kill_at = 0 if restarted else int(os.environ.get(KILL_VAR, 0))
+    if restarted and rank == 1:
+        time.sleep(float(os.environ.get(LATE_VAR, 0)))
     built = {}
 
     def build_model(config):
@@ -161,11 +167,12 @@ def test_two_gloo_ranks_train_together_and_resume_under_torchrun(straight, tmp_p
 @pytest.mark.timeout(400)
 def test_elastic_restart_after_a_rank_is_killed_resumes_exactly(straight, tmp_path):
     """torchrun --max-restarts 1, rank 1 killed with SIGKILL after the step-2 checkpoint: torchrun
-    restarts both workers, which join a fresh process group (they used to fail or hang in
-    init_process_group on the previous attempt's store keys), resume from step 2 and end with
-    the uninterrupted run's weights."""
+    restarts both workers, which join a fresh process group, resume from step 2 and end with the
+    uninterrupted run's weights. Rank 1 comes back 3 s late: before the fix rank 0 then read the
+    dead rank 1's address from the agent's store and init_process_group failed (or hung)."""
     out = tmp_path / "elastic"
-    launch(out, steps=4, resume=True, extra=["--max-restarts", "1"], env={KILL_VAR: "3"})
+    launch(out, steps=4, resume=True, extra=["--max-restarts", "1"],
+           env={KILL_VAR: "3", LATE_VAR: "3"})
     assert (out / "result.txt").read_text() == "4 2"
     assert (out / "saved_by_rank0.txt").read_text().split() == ["2", "4"]  # 2 before the kill
     assert_same(params(out, 0), params(straight, 0), "elastic restart is not exact")
