@@ -30,6 +30,7 @@ __all__ = [
     "checkpoint_path",
     "list_checkpoints",
     "save_checkpoint",
+    "prune_checkpoints",
     "load_checkpoint",
     "scan_checkpoints",
     "set_aside",
@@ -101,11 +102,17 @@ def save_checkpoint(state: dict[str, Any], directory: Path, step: int, keep: int
             f"limit applies (check `df -h {directory}` and `ulimit -f`{free}). {intact}; free "
             f"space and run the same command with --resume. (The writer said: {detail})"
         ) from err
+    prune_checkpoints(directory, step, keep)
+    return final
+
+
+def prune_checkpoints(directory: Path, step: int, keep: int) -> None:
+    """Delete the checkpoints older than ``step`` beyond the ``keep`` newest up to and including
+    ``step`` (0: keep all). Never ``step`` itself, never a newer file."""
     if keep > 0:
         older = [path for s, path in list_checkpoints(directory) if s < step]
         for old in older[keep - 1:]:
             old.unlink(missing_ok=True)
-    return final
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

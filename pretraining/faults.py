@@ -292,7 +292,9 @@ def run_trial(run: FaultRun, ref: Reference, work: Path, index: int, mode: str,
     shutil.rmtree(out, ignore_errors=True)
     if mode in ("write", "rewrite"):
         events = ref.events if mode == "write" else ref.rerun_events
-        event = rng.randrange(len(events)) if event is None else event
+        if event is None:  # a phase uniformly, then one of its writes uniformly
+            phase = rng.choice(sorted({p for _, p, _ in events}))
+            event = rng.choice([i for i, (_, p, _) in enumerate(events) if p == phase])
         _, phase, name = events[event]
         trial = Trial(index, mode, f"{phase} {name} (write #{event})")
         if mode == "rewrite":

@@ -44,6 +44,7 @@ from pretraining.checkpoint import (
     capture_rng_state,
     list_checkpoints,
     load_checkpoint,
+    prune_checkpoints,
     remove_stale_writes,
     restore_rng_state,
     save_checkpoint,
@@ -311,6 +312,9 @@ class Trainer:
                 kept = set_aside(path)
                 self._note(f"skipped unreadable checkpoint {path.name} ({why}); kept as "
                            f"{kept.name}", event="unreadable_checkpoint", file=kept.name)
+            # a run killed between writing a checkpoint and pruning the old ones prunes now
+            prune_checkpoints(self.checkpoint_dir, int(scan.state["step"]),
+                              self.config.keep_checkpoints)
             return str(scan.path), scan.state
 
         found = self.ctx.on_main(choose, share=lambda value: value[0])

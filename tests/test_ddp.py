@@ -26,6 +26,9 @@ LAUNCH_TIMEOUT = 150  # seconds per launch; a hang fails the test instead of eat
 
 def worker(out: Path, steps: int, resume: bool) -> None:
     """One rank: train the tiny model with DDP, then dump what the tests check."""
+    import faulthandler
+
+    faulthandler.enable()  # a crash in C++ (e.g. SIGABRT) still shows where Python was
     torch.set_num_threads(1)
     import torch.distributed as dist
 

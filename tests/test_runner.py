@@ -213,6 +213,17 @@ def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
     assert_same_training_state(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
 
 
+def test_resume_prunes_what_a_killed_run_did_not(tmp_path):
+    """Killed after a checkpoint's rename but before pruning: the resumed run prunes."""
+    from pretraining.checkpoint import save_checkpoint
+
+    run(make_config(tmp_path, steps=6, checkpoint_every=2, keep_checkpoints=2))
+    state = final_state(tmp_path)
+    save_checkpoint(dict(state, step=2), tmp_path / "checkpoints", 2, keep=0)  # not pruned
+    run(make_config(tmp_path, steps=6, checkpoint_every=2, keep_checkpoints=2, resume=True))
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [6, 4]
+
+
 def test_pruning_keeps_newer_files_and_the_new_one(tmp_path):
     from pretraining.checkpoint import save_checkpoint
 
