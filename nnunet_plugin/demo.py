@@ -52,6 +52,7 @@ def finetune_and_predict(weights: str | Path, out: str | Path, trainer: str = DE
     from nnunet_plugin.datasets import build_nuclei_tiles
     from nnunet_plugin.evaluation.data import Case
     from nnunet_plugin.evaluation.pictures import write_prediction_panels
+    from rasd_hub._io import write_text_atomic
 
     started = time.perf_counter()
     out = Path(out)
@@ -64,7 +65,7 @@ def finetune_and_predict(weights: str | Path, out: str | Path, trainer: str = DE
                 f"nnUNetv2_train {did} 2d 0 -p RaSDPlans -tr {trainer} -device cpu",
                 f"nnUNetv2_predict -i {raw / 'imagesTs'} -o {out / 'predictions'} -d {did} -c 2d "
                 f"-f 0 -p RaSDPlans -tr {trainer} -device cpu"]
-    (out / "commands.txt").write_text("\n".join(commands) + "\n")
+    write_text_atomic(out / "commands.txt", "\n".join(commands) + "\n")
     plan_and_preprocess(DEMO_DATASET, env, verify=False)
     rasd_plan(DEMO_DATASET, env, weights)
     # minutes on an idle 2-core machine; a busy one may take much longer, which is no error

@@ -26,7 +26,7 @@ from typing import Any
 
 from nnunet_plugin.errors import WeightsMismatchError
 from nnunet_plugin.network import comparable_model_args
-from rasd_hub.errors import RasdError, WeightsFormatError
+from rasd_hub.errors import RasdError
 
 __all__ = ["ENV_VAR", "PretrainedWeights", "load_weights", "weights_for_fold", "copy_into",
            "broadcast_from_rank0"]
@@ -79,8 +79,6 @@ def load_weights(source: str, in_chans: int, num_classes: int | None) -> Pretrai
     import rasd_hub
     import torch
 
-    if _looks_like_path(source) and not Path(source).expanduser().is_dir():
-        raise WeightsFormatError(f"weights folder {source} does not exist (no such directory). {HINT}")
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(HEAD_SEED)  # the same new head on every rank (DDP) and every run

@@ -183,15 +183,12 @@ class RaSDTrainer(nnUNetTrainer):
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)
-        from pathlib import Path
+        from rasd_hub._io import atomic_path, remove_stale_temporaries
 
-        from rasd_hub._io import atomic_path
-
-        target = Path(filename)
-        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a run killed mid-write
-            stale.unlink(missing_ok=True)
+        # rank 0 is the fold folder's only writer: what a run killed mid-write left can go
+        remove_stale_temporaries(os.path.dirname(filename))
         # a run killed while writing keeps its previous checkpoint instead of a truncated one
-        with atomic_path(target) as tmp:
+        with atomic_path(filename) as tmp:
             super().save_checkpoint(str(tmp))
 
     # ------------------------------------------------------------------ training

@@ -9,30 +9,53 @@ the runner's ``step``, ``optimizer``, ``scheduler``, ``rng`` (one entry per rank
 
 from __future__ import annotations
 
-import os
+import errno
 import random
 import re
-import warnings
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pretraining.errors import PretrainingError
+from rasd_hub._io import atomic_path, remove_stale_temporaries
+
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CheckpointWriteError",
+    "CheckpointUnreadableError",
+    "CheckpointScan",
     "checkpoint_path",
     "list_checkpoints",
     "save_checkpoint",
+    "prune_checkpoints",
     "load_checkpoint",
-    "find_latest_valid",
+    "scan_checkpoints",
+    "set_aside",
+    "remove_stale_writes",
     "capture_rng_state",
     "restore_rng_state",
 ]
 
 CHECKPOINT_FORMAT = 1
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+#: temporary names of writers before rasd_hub._io's (".step_0000002.pt.PID.tmp")
+_LEGACY_TEMPORARIES = (".step_*.pt.*.tmp",)
+UNREADABLE_SUFFIX = ".unreadable"
 REQUIRED_KEYS = ("model", "model_config", "provenance", "step", "optimizer", "scheduler", "rng",
                  "run_config")
+_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", -1)}
+
+
+class CheckpointWriteError(PretrainingError):
+    """A checkpoint could not be written (full disk, quota, permissions); the previous checkpoints
+    are intact."""
+
+
+class CheckpointUnreadableError(PretrainingError):
+    """``--resume`` found checkpoint files but none of them loads; nothing was changed."""
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -49,41 +72,47 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(state: dict[str, Any], directory: Path, step: int, keep: int = 0) -> Path:
-    """Write ``state`` as the checkpoint of ``step``: to a temporary file in the same directory,
-    fsync'd, then renamed over the final name, so a crash or preemption mid-write never leaves a
-    truncated file under a checkpoint name. Then keeps only the ``keep`` newest (0: all)."""
+    """Write ``state`` as the checkpoint of ``step`` with rasd_hub's atomic writer (temporary file,
+    fsync, rename, fsync of the directory), so a crash, ``kill -9`` or full disk mid-write never
+    leaves a truncated file under a checkpoint name. Then deletes older checkpoints beyond the
+    ``keep`` newest (0: keeps all); never the one just written, never a newer one.
+
+    Raises :class:`CheckpointWriteError` (the previous checkpoints untouched) when it cannot write.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, step)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(directory)
-    if keep > 0:
-        for _, old in list_checkpoints(directory)[keep:]:
-            old.unlink(missing_ok=True)
+        with atomic_path(final) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as RuntimeError
+        previous = list_checkpoints(directory)
+        intact = (f"The previous checkpoint {previous[0][1].name} is intact" if previous
+                  else "No earlier checkpoint exists")
+        detail = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        if isinstance(err, OSError) and err.errno not in _DISK_ERRNOS:
+            raise CheckpointWriteError(
+                f"could not write checkpoint {final}: {detail}. {intact}; fix that and run the "
+                "same command with --resume.") from err
+        try:
+            free = f"; {shutil.disk_usage(directory).free / 2**20:.0f} MiB are free there now"
+        except OSError:
+            free = ""
+        raise CheckpointWriteError(
+            f"could not write checkpoint {final}: the disk is full or over quota, or a file-size "
+            f"limit applies (check `df -h {directory}` and `ulimit -f`{free}). {intact}; free "
+            f"space and run the same command with --resume. (The writer said: {detail})"
+        ) from err
+    prune_checkpoints(directory, step, keep)
     return final
 
 
-def _fsync_dir(directory: Path) -> None:
-    # make the rename itself durable; not possible on every platform, harmless to skip there
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def prune_checkpoints(directory: Path, step: int, keep: int) -> None:
+    """Delete the checkpoints older than ``step`` beyond the ``keep`` newest up to and including
+    ``step`` (0: keep all). Never ``step`` itself, never a newer file."""
+    if keep > 0:
+        older = [path for s, path in list_checkpoints(directory) if s < step]
+        for old in older[keep - 1:]:
+            old.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -95,15 +124,59 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def find_latest_valid(directory: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint in ``directory`` that loads; unreadable (e.g. truncated) ones are
-    skipped with a warning. None if there is none."""
+@dataclass
+class CheckpointScan:
+    """What ``--resume`` found: the newest checkpoint that loads (if any) and the newer files that
+    did not load, with the reason."""
+
+    path: Path | None = None
+    state: dict[str, Any] | None = None
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    def refusal(self, directory: Path) -> str:
+        """The message when files exist but none loads."""
+        listing = "; ".join(f"{p.name}: {why}" for p, why in self.unreadable[:5])
+        more = f" and {len(self.unreadable) - 5} more" if len(self.unreadable) > 5 else ""
+        return (
+            f"--resume: none of the {len(self.unreadable)} checkpoints in {directory} can be read "
+            f"({listing}{more}). Nothing was changed. Restarting at step 0 would silently discard "
+            "that run, so this is an error: restore a good copy of a checkpoint there, or move "
+            f"the folder away (e.g. `mv {directory} {directory}.unreadable`) to start the run "
+            "afresh, then run the same command again."
+        )
+
+
+def scan_checkpoints(directory: Path) -> CheckpointScan:
+    """Find the newest checkpoint in ``directory`` that loads; the newer ones that do not (a
+    truncated or foreign file) are listed in ``unreadable``, none is changed."""
+    scan = CheckpointScan()
     for _, path in list_checkpoints(directory):
         try:
-            return path, load_checkpoint(path)
+            scan.state = load_checkpoint(path)
+            scan.path = path
+            return scan
         except Exception as err:  # a truncated zip raises RuntimeError, garbage UnpicklingError
-            warnings.warn(f"skipping unreadable checkpoint {path}: {err}", stacklevel=2)
-    return None
+            reason = str(err).split(". ")[0].splitlines()[0][:160] if str(err) else ""
+            scan.unreadable.append((path, reason or type(err).__name__))
+    return scan
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint to ``NAME.unreadable`` (kept for inspection, no longer a
+    checkpoint name: never resumed from, never counted or deleted by pruning)."""
+    target = path.with_name(path.name + UNREADABLE_SUFFIX)
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}{UNREADABLE_SUFFIX}.{n}")
+        n += 1
+    path.rename(target)
+    return target
+
+
+def remove_stale_writes(directory: Path) -> list[Path]:
+    """Delete temporary files of checkpoint writes that were killed (the run's rank 0 is the only
+    writer of its checkpoint folder)."""
+    return remove_stale_temporaries(directory, _LEGACY_TEMPORARIES)
 
 
 def capture_rng_state(stream_state: Any = None) -> dict[str, Any]:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,9 +57,10 @@ def run_synth(args) -> int:
     config = SynthesisConfig.from_preset(args.preset, dim=args.dim, size=args.size, num_classes=args.classes)
     device = resolve_device(args.device)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from rasd_hub._io import atomic_dir
+
+    # the folder appears complete or not at all (a killed run leaves no half-written --out)
+    with atomic_dir(out, replaceable=()) as staging:
         stream = SyntheticStream(config, batch_size=min(args.batch_size, args.num), seed=args.seed, device=device)
         shown_images, shown_labels, written = [], [], 0
         while written < args.num:
@@ -80,12 +79,6 @@ def run_synth(args) -> int:
         record = {"preset": args.preset, "seed": args.seed, "device": str(device), "num": args.num,
                   "batch_size": stream.batch_size, "config": config.to_dict()}
         (staging / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-        if out.is_dir():
-            out.rmdir()  # empty, checked above
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     kind = "NIfTI" if args.dim == 3 else "PNG"
     print(f"wrote {args.num} {kind} image/label pairs of size {'x'.join(map(str, config.size))} "
           f"({config.num_classes} classes, preset {args.preset}) and preview.png to {out}")

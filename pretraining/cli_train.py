@@ -23,8 +23,10 @@ def configure_pretrain(parser: argparse.ArgumentParser) -> None:
       torchrun --nproc_per_node 8 -m pretraining --preset rasd3d_swinb --out runs/swinb --resume
 
     Writes OUT/checkpoints/, OUT/metrics.jsonl, OUT/preview_*.png and OUT/export/ (rasd_hub
-    weights). --steps is the total step count, so a resumed run stops where an uninterrupted one
-    would. SIGTERM/SIGINT writes a checkpoint before exiting.
+    weights, the same as `rasd hub export` of the final checkpoint). --steps is the total step
+    count, so a resumed run stops where an uninterrupted one would. SIGTERM/SIGINT writes a
+    checkpoint before exiting. --resume with a new --lr, schedule or weight decay applies the new
+    values from the resumed step on (and says so).
     """
     add_pretrain_arguments(parser)
     parser.set_defaults(func=run_pretrain)
@@ -42,8 +44,9 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights and synthesis streams")
     p.add_argument("--out", default=None, help="output directory (default: runs/PRESET)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the newest valid checkpoint in OUT/checkpoints "
-                        "(starts fresh if there is none)")
+                   help="continue from the newest checkpoint in OUT/checkpoints that loads "
+                        "(starts fresh if there are no checkpoint files; refuses if there are "
+                        "some but none loads)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--keep-checkpoints", type=int, default=3,
                    help="newest checkpoints to keep, 0 = all (default 3)")
@@ -110,8 +113,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
         return 128 + stop.signum
     if result.rank == 0:
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
-        print(f"done: step {result.step}, final loss {loss}, {result.nonfinite_steps} skipped "
-              f"steps, {result.wall_seconds:.0f} s")
+        resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
+        print(f"done: step {result.step}{resumed}, final loss {loss}, {result.nonfinite_steps} "
+              f"skipped steps, {result.wall_seconds:.0f} s")
         print(f"checkpoint: {result.checkpoint}")
         if result.export_dir is not None:
             print(f"weights:    {result.export_dir}")

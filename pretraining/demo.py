@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rasd_hub._io import write_text_atomic
+
 __all__ = ["run_demo", "DemoReport", "DEMO_STEPS"]
 
 #: steps of the demo's pre-training run (rasd2d_small: about a minute on 2 CPU cores)
@@ -115,7 +117,7 @@ def run_demo(out_dir: str | Path = "rasd-demo", preset: str = "rasd2d_small",
         preset, steps=steps or DEMO_STEPS, size=size or DEMO_SIZE, out_dir=str(out),
         device=device, checkpoint_every=max(1, (steps or DEMO_STEPS) // 2), log_every=5,
     )
-    (out / _MARKER).write_text(json.dumps({"running": True}))
+    write_text_atomic(out / _MARKER, json.dumps({"running": True}))
 
     def synthesise():
         from pretraining import synthesis
@@ -207,5 +209,5 @@ def run_demo(out_dir: str | Path = "rasd-demo", preset: str = "rasd2d_small",
     previews = sorted(p.name for p in out.glob("*.png"))
     report.facts["previews"] = previews
     report.wall_seconds = time.perf_counter() - started
-    (out / _MARKER).write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    write_text_atomic(out / _MARKER, json.dumps(report.to_dict(), indent=2, default=str))
     return report

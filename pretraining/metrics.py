@@ -8,21 +8,28 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rasd_hub._io import write_text_atomic
+
 __all__ = ["MetricsLog", "read_metrics"]
 
 
 class MetricsLog:
-    """Append-only JSON-lines log. On resume, entries after the resumed step are dropped first, so
-    a run that was interrupted between a log line and its checkpoint has no duplicated steps."""
+    """Append-only JSON-lines log. On resume, entries after the resumed step are dropped first
+    (they are recomputed, identically), so a run that was interrupted between a log line and its
+    checkpoint has no duplicated steps; the entries up to that step are kept. The file is
+    rewritten atomically, so a kill during the rewrite loses nothing. ``resume_step=None``: a
+    fresh run from step 0, which starts a new file."""
 
     def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            self.path.write_text("")
+            write_text_atomic(self.path, "")
         elif self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            records = read_metrics(self.path)
+            kept = [r for r in records if r.get("step", 0) <= resume_step]
+            if len(kept) < len(records) or not self.path.read_bytes().endswith(b"\n"):
+                write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._fh = open(self.path, "a", encoding="utf-8")
         self._tb = _tensorboard_writer(self.path.parent / "tensorboard") if tensorboard else None
 

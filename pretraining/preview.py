@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rasd_hub._io import atomic_path
+
 __all__ = ["save_preview", "PALETTE"]
 
 # distinct colours for up to 20 classes (cycled beyond)
@@ -82,6 +84,6 @@ def save_preview(
         draw.text((i * column + 2, 1), title, fill=(0, 0, 0))
     picture = canvas
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    with atomic_path(path) as tmp:  # a run killed while saving keeps the previous picture
+        picture.save(tmp, format="PNG")
     return path

@@ -7,18 +7,27 @@ runs ``config.steps`` optimiser steps in total, writing
 
 * ``OUT/checkpoints/step_XXXXXXX.pt`` every ``checkpoint_every`` steps, at the end, and when
   SIGTERM/SIGINT arrives (rank 0 writes, atomically; see :mod:`pretraining.checkpoint`);
-* ``OUT/metrics.jsonl``; ``OUT/preview_start.png`` / ``OUT/preview_end.png``;
-* ``OUT/export/`` at the end, in ``rasd_hub``'s weights format.
+* ``OUT/metrics.jsonl``; ``OUT/preview_start.png`` (at step 0) / ``OUT/preview_end.png``;
+* ``OUT/export/`` at the end, in ``rasd_hub``'s weights format: ``rasd hub export`` of the final
+  checkpoint (the same function, so both routes give the same folder).
 
 Exactness: a checkpoint holds the model, optimiser, scheduler, step and every RNG state of every
 rank including the synthesis streams, and nothing in the loop draws randomness outside those, so
-2N steps in one go and N + resume + N give bitwise identical weights on the same hardware.
+2N steps in one go and N + resume + N give bitwise identical weights on the same hardware (also
+after a ``kill -9`` at any instant: ``pretraining.faults`` measures it).
+
+Resume (``--resume``): no checkpoint files at all is a fresh start. Otherwise the newest
+checkpoint that loads is resumed; newer files that do not load are renamed ``*.unreadable`` (kept,
+never resumed from or pruned) and reported; if none loads the run refuses to start rather than
+silently restarting at step 0. A new ``--lr``, schedule or weight decay applies from the resumed
+step on (reported on stderr and in metrics.jsonl); the model and data geometry cannot change.
 """
 
 from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -31,12 +40,16 @@ from torch import nn
 
 from pretraining.checkpoint import (
     CHECKPOINT_FORMAT,
+    CheckpointUnreadableError,
     capture_rng_state,
-    find_latest_valid,
     list_checkpoints,
     load_checkpoint,
+    prune_checkpoints,
+    remove_stale_writes,
     restore_rng_state,
     save_checkpoint,
+    scan_checkpoints,
+    set_aside,
 )
 from pretraining.config import IDENTITY_KEYS, TrainConfig
 from pretraining.distributed import DistContext, init_distributed
@@ -49,8 +62,10 @@ from pretraining.errors import (
 from pretraining.metrics import MetricsLog
 from pretraining.pdl import pdl_loss, prototype_assignments
 from pretraining.sources import (
-    BatchSource, OfflinePool, online_source, prepare_pool, synthetic_intensity_moments,
+    BatchSource, OfflinePool, online_source, pool_identity, prepare_pool,
+    synthetic_intensity_moments,
 )
+from rasd_hub._io import remove_stale_temporaries
 from rasd_hub.errors import RasdValueError
 
 __all__ = ["Trainer", "RunResult", "StepResult", "run_pretraining", "hub_model", "lr_factor"]
@@ -193,6 +208,8 @@ class Trainer:
         self.step = 0
         self.nonfinite_steps = 0
         self.resumed_from: int | None = None
+        self.last_checkpoint: Path | None = None
+        self.events: list[dict[str, Any]] = []  # resume notes, logged to metrics.jsonl by fit()
         self._wall_before = 0.0
         self._wall_seconds = 0.0  # this launch's training time, set by run()
 
@@ -213,11 +230,13 @@ class Trainer:
         if config.offline_pool is None:
             return factory(config, self.ctx.rank, self.batch_per_rank, self.device)
         # offline (Table 1 benchmark): rank 0 fills the pool from its stream, everyone reads it
-        if self.ctx.is_main:
+        def fill():
             generator = factory(config, 0, self.batch_per_rank, self.device)
-            self.pool_info = prepare_pool(generator, Path(config.offline_pool),
-                                          config.offline_pool_batches)
-        self.ctx.barrier()
+            identity = pool_identity(config, self.batch_per_rank, config.offline_pool_batches)
+            return prepare_pool(generator, Path(config.offline_pool),
+                                config.offline_pool_batches, identity)
+
+        self.pool_info = self.ctx.on_main(fill)
         return OfflinePool(Path(config.offline_pool), self.device, self.ctx.rank,
                            self.ctx.world_size)
 
@@ -270,26 +289,51 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
-        """Write a checkpoint of the current step (rank 0); every rank waits for it."""
+        """Write a checkpoint of the current step (rank 0); every rank waits for it and every
+        rank raises :class:`CheckpointWriteError` if it could not be written."""
         state = self.checkpoint_state()
-        path = None
-        if state is not None:
-            path = save_checkpoint(state, self.checkpoint_dir, self.step,
-                                   keep=self.config.keep_checkpoints)
-        self.ctx.barrier()
+        path = self.ctx.on_main(lambda: save_checkpoint(
+            state, self.checkpoint_dir, self.step, keep=self.config.keep_checkpoints))
+        self.last_checkpoint = path
         return path
 
     def resume(self) -> int | None:
-        """Restore the newest valid checkpoint of ``OUT/checkpoints``; None if there is none."""
-        found = find_latest_valid(self.checkpoint_dir) if self.ctx.is_main else None
-        path = self.ctx.broadcast_object(str(found[0]) if found else None)
+        """Restore the newest checkpoint of ``OUT/checkpoints`` that loads; None if there are no
+        checkpoint files (a fresh start). Refuses (:class:`CheckpointUnreadableError`) when there
+        are files but none loads; unreadable files newer than the one resumed are set aside."""
+
+        def choose():
+            scan = scan_checkpoints(self.checkpoint_dir)
+            if scan.path is None:
+                if scan.unreadable:
+                    raise CheckpointUnreadableError(scan.refusal(self.checkpoint_dir))
+                return None, None
+            for path, why in scan.unreadable:
+                kept = set_aside(path)
+                self._note(f"skipped unreadable checkpoint {path.name} ({why}); kept as "
+                           f"{kept.name}", event="unreadable_checkpoint", file=kept.name)
+            # a run killed between writing a checkpoint and pruning the old ones prunes now
+            prune_checkpoints(self.checkpoint_dir, int(scan.state["step"]),
+                              self.config.keep_checkpoints)
+            return str(scan.path), scan.state
+
+        found = self.ctx.on_main(choose, share=lambda value: value[0])
+        path = found[0] if self.ctx.is_main else found
         if path is None:
             return None
         # every rank reads the file itself (multi-node runs need OUT on a shared file system)
         state = found[1] if self.ctx.is_main else load_checkpoint(Path(path))
         self.load_state(state, source=path)
         self.resumed_from = self.step
+        self.last_checkpoint = Path(path)
+        self._note(f"resuming from {path} (step {self.step})", event="resume", checkpoint=path)
         return self.step
+
+    def _note(self, message: str, event: str, **fields) -> None:
+        """Tell the user (rank 0, stderr) and record the event for metrics.jsonl."""
+        if self.ctx.is_main:
+            print(f"rasd pretrain: {message}", file=sys.stderr, flush=True)
+            self.events.append({"event": event, **fields})
 
     def load_state(self, state: dict[str, Any], source: str = "checkpoint") -> None:
         theirs = _identity_of(state["run_config"])
@@ -307,6 +351,7 @@ class Trainer:
         self.step = int(state["step"])
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self._wall_before = float(state["provenance"].get("wall_seconds", 0.0))
+        self._apply_optimizer_settings(state, source)
         ranks = state["rng"]["ranks"]
         if len(ranks) == self.ctx.world_size:
             restore_rng_state(ranks[self.ctx.rank])
@@ -318,6 +363,35 @@ class Trainer:
                 f"{self.ctx.world_size}: weights and optimiser resume exactly, the synthesis "
                 "streams start afresh from the seed", stacklevel=2,
             )
+
+    def _apply_optimizer_settings(self, state: dict[str, Any], source: str) -> None:
+        """The optimiser and scheduler state restore the learning rate and weight decay of the
+        checkpoint's run; this run's values (``--lr``, warm-up, schedule, ``--steps``, weight
+        decay) apply from the resumed step on, and a change is reported. When nothing changed the
+        values are already identical and nothing is touched, so exact resume holds."""
+        base, decay = self.config.lr, self.config.weight_decay
+        current = base * lr_factor(self.step, self.config)  # what LambdaLR computes at this step
+        groups = self.optimizer.param_groups
+        before = dict(lr=groups[0]["lr"], weight_decay=groups[0]["weight_decay"],
+                      base_lr=groups[0].get("initial_lr"))
+        if all(g["lr"] == current and g.get("initial_lr") == base and g["weight_decay"] == decay
+               for g in groups):
+            return
+        for group in groups:
+            group.update(initial_lr=base, lr=current, weight_decay=decay)
+        self.scheduler.base_lrs = [base] * len(groups)
+        self.scheduler._last_lr = [current] * len(groups)
+        changes = []
+        if before["base_lr"] != base:
+            changes.append(f"lr {before['base_lr']:g} -> {base:g}")
+        if before["lr"] != current:
+            changes.append(f"learning rate at step {self.step} {before['lr']:.4g} -> {current:.4g}")
+        if before["weight_decay"] != decay:
+            changes.append(f"weight decay {before['weight_decay']:g} -> {decay:g}")
+        self._note(f"resuming {source} with this launch's optimiser settings ({'; '.join(changes)}), "
+                   f"from step {self.step} on", event="optimizer_settings_changed",
+                   lr=[before["base_lr"], base], weight_decay=[before["weight_decay"], decay],
+                   lr_at_step=[before["lr"], current])
 
     # ---------------------------------------------------------------- training
     def autocast(self):
@@ -374,6 +448,9 @@ class Trainer:
         started = time.perf_counter()
         metrics = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=self.resumed_from) \
             if ctx.is_main else None
+        if metrics is not None:
+            for event in self.events:
+                metrics.log({"step": self.step, **event})
         if self.pool_info is not None and metrics is not None:
             metrics.log({"step": self.step, "event": "offline_pool", **vars(self.pool_info)})
         previews: list[Path] = []
@@ -392,7 +469,7 @@ class Trainer:
                     synth = time.perf_counter() - t0
                     synth_total += synth
                     window_synth += synth
-                    if not previews and self.config.preview and ctx.is_main:
+                    if self.step == 0 and self.config.preview and ctx.is_main:
                         previews.append(self.preview(image, label, "preview_start.png"))
                     last = self.train_step(image, label)
                     self.step += 1
@@ -446,11 +523,9 @@ class Trainer:
 
         if image is not None and ctx.is_main and self.config.preview:
             previews.append(self.preview(image, label, "preview_end.png"))
-        if checkpoint is None and ctx.is_main:  # already complete when launched
-            existing = list_checkpoints(self.checkpoint_dir)
-            checkpoint = existing[0][1] if existing else None
+        if checkpoint is None:  # already complete when launched: the resumed checkpoint
+            checkpoint = self.last_checkpoint
         export_dir = self.export() if config.export else None
-        ctx.barrier()
         return RunResult(
             step=self.step, out_dir=self.out_dir, final_loss=last.loss if last else None,
             checkpoint=checkpoint, export_dir=export_dir,
@@ -461,14 +536,16 @@ class Trainer:
         )
 
     def export(self) -> Path | None:
-        """Rank 0: write the final weights to ``OUT/export`` with ``rasd_hub.save_pretrained``."""
-        if not self.ctx.is_main:
-            return None
-        from rasd_hub import save_pretrained
+        """Rank 0: ``rasd hub export`` of the final checkpoint into ``OUT/export`` (published as a
+        whole: a reader sees the previous export or the new one); every rank waits for it."""
+        def write():
+            from rasd_hub.convert import export_checkpoint
 
-        target = self.out_dir / "export"
-        save_pretrained(self.model, target, provenance=self.provenance())
-        return target
+            if self.last_checkpoint is None:
+                raise PretrainingError("no checkpoint to export (the run has not saved one)")
+            return export_checkpoint(self.last_checkpoint, self.out_dir / "export")
+
+        return self.ctx.on_main(write)
 
 
 def _identity_of(run_config: dict[str, Any]) -> dict[str, Any]:
@@ -499,12 +576,16 @@ def run_pretraining(
     ``torchrun`` every rank calls this and they train together with DDP."""
     ctx = init_distributed(config.device)
     try:
-        occupied = bool(list_checkpoints(config.out_path / "checkpoints")) if ctx.is_main else None
-        if not config.resume and ctx.broadcast_object(occupied):
-            raise PretrainingError(
-                f"{config.out_path} already holds checkpoints; pass --resume to continue that run "
-                "or choose another --out directory"
-            )
+        def check_out():
+            if list_checkpoints(config.out_path / "checkpoints") and not config.resume:
+                raise PretrainingError(
+                    f"{config.out_path} already holds checkpoints; pass --resume to continue that "
+                    "run or choose another --out directory")
+            # what killed writers left (one run per OUT, so they are this run's own)
+            remove_stale_temporaries(config.out_path)
+            remove_stale_writes(config.out_path / "checkpoints")
+
+        ctx.on_main(check_out)
         trainer = Trainer(config, ctx, build_model=build_model, build_source=build_source,
                           progress=progress)
         if config.resume:

@@ -11,6 +11,7 @@ A *batch source* is an iterator of ``(image, label)`` batches with ``state_dict(
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,10 @@ import torch
 
 from pretraining import synthesis
 from pretraining.errors import PretrainingError
+from rasd_hub._io import atomic_path, write_json_atomic
 
 __all__ = ["BatchSource", "online_source", "synthesis_config", "synthetic_intensity_moments",
-           "OfflinePool", "PoolInfo", "prepare_pool"]
+           "OfflinePool", "PoolInfo", "prepare_pool", "pool_identity"]
 
 
 class BatchSource(Protocol):
@@ -76,11 +78,40 @@ class PoolInfo:
     bytes: int
 
 
-def prepare_pool(source: BatchSource, directory: Path, batches: int) -> PoolInfo:
+POOL_MANIFEST = "pool.json"
+
+
+def pool_identity(config, batch_size: int, batches: int) -> dict[str, Any]:
+    """What an offline pool was generated from; a pool is reused only for the same values."""
+    return {"synthesis": config.synthesis, "spatial_dims": config.spatial_dims,
+            "size": config.size, "num_classes": config.num_classes, "seed": config.seed,
+            "batch_size": batch_size, "batches": batches}
+
+
+def prepare_pool(source: BatchSource, directory: Path, batches: int,
+                 identity: dict[str, Any] | None = None) -> PoolInfo:
     """Draw ``batches`` batches from ``source`` and store them as ``batch_XXXXX.pt`` files (images
-    float32, labels uint8, as an offline pipeline would keep them). Reuses a complete pool."""
+    float32, labels uint8, as an offline pipeline would keep them), each written atomically, with
+    ``pool.json`` recording ``identity``. A pool in ``directory`` is reused (and completed if it
+    was interrupted) only when its ``pool.json`` matches; any other pool there is refused."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    manifest = directory / POOL_MANIFEST
+    identity = dict(identity or {"batches": batches})
+    existing = sorted(directory.glob("batch_*.pt")) if directory.is_dir() else []
+    if manifest.exists() or existing:
+        try:
+            recorded = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if recorded != identity:
+            diff = (", ".join(f"{k}: pool {recorded.get(k)!r} vs this run {v!r}"
+                              for k, v in identity.items() if recorded.get(k) != v)
+                    if isinstance(recorded, dict) else f"no readable {POOL_MANIFEST} says which")
+            raise PretrainingError(
+                f"offline pool {directory} was generated for other settings ({diff}); delete it "
+                "or pass another --offline POOL_DIR")
+    else:
+        write_json_atomic(manifest, identity)
     start = time.perf_counter()
     samples = 0
     for i in range(batches):
@@ -90,9 +121,8 @@ def prepare_pool(source: BatchSource, directory: Path, batches: int) -> PoolInfo
             continue
         image, label = next(source)
         samples += image.shape[0]
-        tmp = path.with_suffix(".tmp")
-        torch.save({"image": image.cpu(), "label": label.to(torch.uint8).cpu()}, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save({"image": image.cpu(), "label": label.to(torch.uint8).cpu()}, tmp)
     seconds = time.perf_counter() - start
     size = sum(p.stat().st_size for p in directory.glob("batch_*.pt"))
     return PoolInfo(str(directory), batches, samples, seconds, size)

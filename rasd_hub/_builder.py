@@ -15,6 +15,7 @@ from typing import Any
 
 from rasd_hub.errors import (
     ChecksumMismatchError, RasdValueError, UnknownModelError, WeightsFormatError,
+    WeightsNotFoundError,
 )
 
 __all__ = ["create_model", "load", "resolve_weights", "WeightsSource", "HF_HUB_PREFIX"]
@@ -33,8 +34,10 @@ class WeightsSource:
     verified_sha256: str | None = None  # already checked (by the Hub layer)
 
 
-def _is_weights_dir(name: str) -> bool:
-    return ("/" in name or os.sep in name or name.startswith(".")) and (Path(name) / "config.json").is_file()
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a file system path (registry names have no slashes and never
+    start with a dot or ``~``)."""
+    return "/" in name or os.sep in name or name.startswith((".", "~"))
 
 
 def _parse_hub(name: str) -> tuple[str, str | None]:
@@ -66,7 +69,11 @@ def _local_source(path: str | os.PathLike, *, need_weights: bool = True) -> Weig
         if (p.parent / "config.json").is_file():
             config = read_config(p.parent)
         return WeightsSource(config, p, str(p))
-    raise WeightsFormatError(f"pretrained={str(path)!r}: no such file or directory")
+    kind = "file" if p.suffix == ".safetensors" else "directory"
+    raise WeightsNotFoundError(
+        f"{str(path)!r}: no such {kind} ({p.resolve()}). Check the path; a weights folder holds "
+        "model.safetensors, config.json and README.md (write one with `rasd hub export` or "
+        "rasd_hub.save_pretrained).")
 
 
 def resolve_weights(
@@ -81,6 +88,8 @@ def resolve_weights(
     from rasd_hub._registry import get_arch, is_architecture, list_architectures, suggest
     from rasd_hub.pretrained import get_pretrained_cfg, list_pretrained
 
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
     if not isinstance(name, str) or not name:
         raise RasdValueError(f"model name must be a non-empty string, got {name!r}")
     explicit = pretrained if isinstance(pretrained, (str, os.PathLike)) else None
@@ -94,17 +103,23 @@ def resolve_weights(
         src = fetch_weights(repo, rev, offline=offline, cache_dir=cache_dir, endpoint=endpoint,
                             weights=need_weights)
         return src.config["architecture"], src
-    if _is_weights_dir(name) or (Path(name).expanduser().is_dir() and not is_architecture(name)):
+    if _looks_like_path(name) or (Path(name).is_dir() and not is_architecture(name)):
+        if explicit is not None:
+            raise RasdValueError(f"{name}: give either a weights folder or a pretrained path, not both")
         src = _local_source(name, need_weights=need_weights)
+        if src.config is None:  # a bare .safetensors file: nothing says what to build
+            raise WeightsFormatError(
+                f"{name} is a weights file without a config.json beside it; pass the "
+                f"architecture: create_model(ARCH, pretrained={name!r})")
         return src.config["architecture"], src
 
     arch, _, tag = name.partition(".")
     if not is_architecture(arch):
         candidates = list_architectures() + list_pretrained()
         raise UnknownModelError(
-            f"unknown model {name!r}.{suggest(name, candidates)} Run `rasd hub list` for the "
-            "registered models; load Hub repos as 'hf-hub:ORG/REPO[@REV]' and local weights by "
-            "directory path."
+            f"unknown model {name!r} (and there is no folder of that name here).{suggest(name, candidates)} "
+            "Run `rasd hub list` for the registered models; load Hub repos as "
+            "'hf-hub:ORG/REPO[@REV]' and local weights by folder path (e.g. ./weights)."
         )
     get_arch(arch)
     if explicit is not None:
@@ -137,6 +152,14 @@ def _source_from_cfg(cfg, *, offline, cache_dir, endpoint) -> WeightsSource:
                             cache_dir=cache_dir, endpoint=endpoint)
     pinned = cfg.sha256.get("model.safetensors")
     if pinned:
+        recorded = ((src.config or {}).get("weights") or {}).get("sha256")
+        if recorded and recorded != pinned:  # as the Hub path refuses (rasd_hub.hub.fetch_weights)
+            raise ChecksumMismatchError(
+                f"{cfg.name}: {src.label}/config.json records sha256 {recorded} for "
+                f"model.safetensors but {cfg.name} is pinned to {pinned}; the folder is not the "
+                "pinned weights (replaced or re-exported). Restore the pinned weights or register "
+                "the new ones under a new tag.",
+                filename="model.safetensors", expected=pinned, actual=recorded)
         if src.verified_sha256 and src.verified_sha256 != pinned:
             raise ChecksumMismatchError(
                 f"{cfg.name}: model.safetensors has sha256 {src.verified_sha256}, pinned {pinned}",
@@ -151,7 +174,7 @@ def create_model(
     name: str,
     pretrained: bool | str | os.PathLike = False,
     num_classes: int | None = None,
-    in_chans: int = 1,
+    in_chans: int | None = None,
     features_only: bool = False,
     *,
     strict: bool = True,
@@ -168,8 +191,9 @@ def create_model(
             ``.safetensors`` file; ``False`` builds with random weights (the architecture's
             arguments still come from the weights' config for hf-hub names and directories).
         num_classes: output channels; a value different from the weights' gives a fresh head.
-        in_chans: input channels; differing from the weights' adapts the stem weights
-            (repeated and rescaled by ``1/in_chans``).
+        in_chans: input channels (default: the weights' config for hf-hub names, folders and
+            tags, else the architecture's, 1); differing from the weights' adapts the stem
+            weights (repeated and rescaled by ``1/in_chans``).
         features_only: return the encoder, whose forward gives a list of multi-scale feature maps
             (``model.feature_info`` has their channels and reductions).
         strict: raise on any missing, unexpected or reshaped key (one message lists them all);
@@ -237,13 +261,12 @@ def load(
     name = os.fspath(name_or_path)
     arch, src = resolve_weights(name, True, offline=offline, cache_dir=cache_dir, endpoint=endpoint)
     cfg = src.config or {}
-    kwargs.setdefault("in_chans", cfg.get("in_chans", 1))
     kwargs.setdefault("features_only", bool(cfg.get("features_only", False)))
     return _create_from_source(arch, src, strict=strict, **kwargs)
 
 
 def _create_from_source(arch: str, src: WeightsSource, *, strict: bool, num_classes=None,
-                        in_chans=1, features_only=False, **kwargs):
+                        in_chans=None, features_only=False, **kwargs):
     """create_model for an already resolved source (avoids resolving/downloading twice)."""
     model = _build(arch, src.config, kwargs, num_classes=num_classes, in_chans=in_chans,
                    features_only=features_only)

@@ -190,7 +190,9 @@ def run_push(args) -> int:
 def configure_export(parser):
     """Turn a pre-training checkpoint into rasd_hub weights (safetensors + config + card).
 
-    Reads 'model', 'model_config' and 'provenance' with torch.load(weights_only=True).
+    Reads 'model', 'model_config' and 'provenance' with torch.load(weights_only=True) and keeps
+    the run's measured input moments (config.json 'normalization'): the final checkpoint gives
+    exactly the run's own OUT/export. OUT_DIR is written beside and swapped in as a whole.
 
     Example:
       rasd hub export runs/r1/checkpoints/step_0001000.pt weights/rasd2d_small

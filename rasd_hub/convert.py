@@ -163,9 +163,14 @@ def export_checkpoint(
     Reads ``model`` (state dict), ``model_config`` (the model's ``rasd_config``) and
     ``provenance`` with ``torch.load(weights_only=True)``, rebuilds the model from the config,
     loads the weights strictly and writes ``model.safetensors`` + ``config.json`` + ``README.md``.
+    What the run recorded about its inputs (``normalization``, e.g. the measured moments of the
+    synthetic images) is kept, so this gives the same folder as the runner's own end-of-run
+    export (which calls this function on its final checkpoint).
     """
+    import torch
+
     from rasd_hub._builder import _build
-    from rasd_hub.weights import load_state_dict_checked, save_pretrained
+    from rasd_hub.weights import check_normalization, load_state_dict_checked, save_pretrained
 
     ckpt = read_checkpoint(checkpoint)
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or "model_config" not in ckpt:
@@ -177,9 +182,12 @@ def export_checkpoint(
     if "architecture" not in cfg or "model_args" not in cfg:
         raise WeightsFormatError(f"{checkpoint}: model_config lacks 'architecture' / 'model_args' "
                                  "(it must be the model's rasd_config)")
-    model = _build(cfg["architecture"], cfg, {}, num_classes=None,
-                   in_chans=cfg["model_args"].get("in_channels", 1),
-                   features_only=bool(cfg.get("features_only", False)))
+    check_normalization(cfg.get("normalization"), f"{checkpoint}: model_config")
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG
+        model = _build(cfg["architecture"], cfg, {}, num_classes=None, in_chans=None,
+                       features_only=bool(cfg.get("features_only", False)))
+    if cfg.get("normalization"):
+        model.rasd_config["normalization"] = dict(cfg["normalization"])
     sd, _ = unwrap_released_state_dict(ckpt["model"])
     load_state_dict_checked(model, sd, strict=True, source=str(checkpoint))
     provenance = dict(ckpt.get("provenance") or {})

@@ -26,6 +26,10 @@ class WeightsFormatError(RasdValueError):
     """A weights directory, Hub repo or checkpoint is not in the expected layout."""
 
 
+class WeightsNotFoundError(WeightsFormatError):
+    """A weights folder or file path that does not exist (a typo, or not exported yet)."""
+
+
 class StateDictMismatchError(RasdError):
     """A strict load found missing, unexpected or reshaped keys (all listed in one message).
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from rasd_hub._io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from rasd_hub._io import atomic_dir, sha256_file
 from rasd_hub.errors import ChecksumMismatchError, StateDictMismatchError, WeightsFormatError
 
 __all__ = [
     "WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME", "FORMAT", "LoadReport", "save_pretrained",
     "read_config", "load_weights_file", "adapt_state_dict", "load_state_dict_checked",
-    "adapt_in_chans", "model_card",
+    "adapt_in_chans", "model_card", "NORMALIZATION_METHODS", "check_normalization",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -31,6 +31,10 @@ CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 FORMAT = "rasd_hub.weights"
 FORMAT_VERSION = 1
+
+#: intensity normalisations a weights config may name (``normalization.method``): ``minmax``
+#: scales each image into ``range``; ``zscore`` expects zero mean and unit variance
+NORMALIZATION_METHODS = ("minmax", "zscore")
 
 # rasd_config keys copied into config.json (and read back from it)
 _CONFIG_KEYS = ("architecture", "model_args", "features_only", "spatial_dims", "in_chans",
@@ -103,7 +107,37 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
             f"{path} has no 'architecture' / 'model_args': not a rasd_hub weights config "
             "(re-export it with `rasd hub export` or `rasd hub convert`)"
         )
+    check_normalization(config.get("normalization"), str(path))
     return config
+
+
+def check_normalization(norm: Any, where: str) -> None:
+    """Refuse a ``normalization`` entry that does not say how to scale inputs: an unknown method
+    must never fall back to a default silently (fine-tuning would feed wrongly scaled images)."""
+    if norm is None:
+        return
+
+    def bad(what: str) -> None:
+        raise WeightsFormatError(
+            f"{where}: normalization {what}. Known methods: {', '.join(NORMALIZATION_METHODS)} "
+            "(minmax with \"range\": [lo, hi]); fix config.json or re-export the weights "
+            "with `rasd hub export`.")
+
+    if not isinstance(norm, Mapping):
+        bad(f"must be an object, got {norm!r}")
+    method = norm.get("method")
+    if method not in NORMALIZATION_METHODS:
+        bad(f"method {method!r} is unknown")
+    if method == "minmax":
+        lo_hi = norm.get("range")
+        if not (isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2
+                and all(isinstance(v, (int, float)) for v in lo_hi) and lo_hi[0] < lo_hi[1]):
+            bad(f"range {lo_hi!r} is not [lo, hi] with lo < hi")
+    for key in ("mean", "std"):
+        if key in norm and not (isinstance(norm[key], (int, float)) and math.isfinite(norm[key])):
+            bad(f"{key} {norm[key]!r} is not a number")
+    if "std" in norm and not norm["std"] > 0:
+        bad(f"std {norm['std']!r} is not positive")
 
 
 def load_weights_file(path: str | os.PathLike, expected_sha256: str | None = None) -> dict:
@@ -255,7 +289,9 @@ def save_pretrained(
 
     Args:
         model: a model built by :func:`rasd_hub.create_model` (it carries ``rasd_config``).
-        out_dir: directory to write (created; existing files are replaced atomically).
+        out_dir: directory to write. The files are written beside it and then put in its place
+            in one step, so a reader sees the previous weights or the new ones, never a mix; an
+            existing folder may hold only these three files (anything else is refused).
         provenance: how the weights were made (preset, steps, seed, code version, ...).
         license: licence identifier for the model card (Hub licence ids, e.g. ``apache-2.0``).
         base_model: the Hub id these weights were fine-tuned from, if any.
@@ -276,7 +312,7 @@ def save_pretrained(
             "architecture and arguments can be saved with the weights"
         )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_normalization(cfg.get("normalization"), "the model's rasd_config")
     sd = state_dict if state_dict is not None else model.state_dict()
     tensors, seen = {}, set()
     for k, v in sd.items():
@@ -287,26 +323,33 @@ def save_pretrained(
         if ptr is not None:
             seen.add(ptr)
         tensors[k] = v
-    with atomic_path(out / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": cfg["architecture"]})
-        digest = sha256_file(tmp)
-        size = tmp.stat().st_size
     prov = dict(provenance or {})
     prov.setdefault("rasd_hub_version", rasd_hub.__version__)
-    config = {"format": FORMAT, "format_version": FORMAT_VERSION}
-    config.update({k: cfg.get(k) for k in _CONFIG_KEYS})
-    config["embedding_dim"] = cfg.get("out_channels")
-    config["license"] = license
-    if base_model:
-        config["base_model"] = base_model
-    config["provenance"] = prov
-    config["weights"] = {
-        "file": WEIGHTS_NAME, "sha256": digest, "size": size,
-        "num_params": sum(int(t.numel()) for k, t in tensors.items() if not k.endswith("num_batches_tracked")),
-        "dtype": str(next(iter(tensors.values())).dtype).replace("torch.", "") if tensors else None,
-    }
-    write_json_atomic(out / CONFIG_NAME, config)
-    write_text_atomic(out / CARD_NAME, model_card(config, description=description))
+    # the three files are written beside OUT and published together (rasd_hub._io.atomic_dir)
+    try:
+        with atomic_dir(out, replaceable=(WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)) as staging:
+            # one metadata key only: safetensors writes the header's metadata from a Rust HashMap,
+            # whose order (hence the file's bytes and sha256) changes from process to process
+            save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+            config = {"format": FORMAT, "format_version": FORMAT_VERSION}
+            config.update({k: cfg.get(k) for k in _CONFIG_KEYS})
+            config["embedding_dim"] = cfg.get("out_channels")
+            config["license"] = license
+            if base_model:
+                config["base_model"] = base_model
+            config["provenance"] = prov
+            config["weights"] = {
+                "file": WEIGHTS_NAME, "sha256": sha256_file(staging / WEIGHTS_NAME),
+                "size": (staging / WEIGHTS_NAME).stat().st_size,
+                "num_params": sum(int(t.numel()) for k, t in tensors.items()
+                                  if not k.endswith("num_batches_tracked")),
+                "dtype": str(next(iter(tensors.values())).dtype).replace("torch.", "") if tensors else None,
+            }
+            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            (staging / CARD_NAME).write_text(model_card(config, description=description),
+                                             encoding="utf-8")
+    except FileExistsError as err:
+        raise WeightsFormatError(f"cannot write weights to {out}: {err.strerror}") from None
     return out
 
 

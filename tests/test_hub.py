@@ -242,12 +242,12 @@ def test_client_protocol_contract(hub_server, hf_cache, tmp_path):
 
 
 def test_push_refuses_a_modified_directory(hub_server, hf_cache, tmp_path):
-    rasd_hub.save_pretrained(rasd_hub.create_model("rasd2d_small"), tmp_path)
-    with open(tmp_path / "model.safetensors", "r+b") as f:
+    weights = rasd_hub.save_pretrained(rasd_hub.create_model("rasd2d_small"), tmp_path / "w")
+    with open(weights / "model.safetensors", "r+b") as f:
         f.seek(-3, 2)
         f.write(b"xyz")
     with pytest.raises(ChecksumMismatchError, match="modified after export"):
-        push_to_hub(tmp_path, REPO, endpoint=hub_server.url, token="t")
+        push_to_hub(weights, REPO, endpoint=hub_server.url, token="t")
 
 
 def test_cli_push_download_then_offline_load(hub_server, hf_cache, tmp_path, capsys, monkeypatch):

@@ -400,3 +400,118 @@ def test_loaded_model_carries_the_normalization_its_weights_were_trained_with():
     assert model.rasd_config["normalization"] == saved["normalization"]
     assert "mean" in saved["normalization"]  # measured moments, not the code's generic default
     assert model.rasd_config["pretrained"]["sha256"] == cfg.sha256["model.safetensors"]
+
+
+# ------------------------------------------------------------------ weights folders and paths
+
+def test_a_missing_weights_folder_says_no_such_directory(tmp_path):
+    for name in (str(tmp_path / "no_such_weights"), "./no_such_weights", "weights/rasd2d_smal"):
+        with pytest.raises(WeightsFormatError, match="no such directory") as err:
+            rasd_hub.load(name)
+        assert "did you mean" not in str(err.value).lower()
+        with pytest.raises(WeightsFormatError, match="no such directory"):
+            rasd_hub.create_model(name, pretrained=True)
+    with pytest.raises(WeightsFormatError, match="no such directory"):
+        rasd_hub.create_model("rasd2d_small", pretrained=tmp_path / "missing")
+
+
+def test_create_model_from_a_folder_takes_its_in_chans(tmp_path):
+    rasd_hub.save_pretrained(rasd_hub.create_model("rasd2d_small", in_chans=3), tmp_path / "w")
+    for path in (tmp_path / "w", str(tmp_path / "w")):
+        assert rasd_hub.create_model(path, pretrained=False).rasd_config["in_chans"] == 3
+        assert rasd_hub.create_model(path, pretrained=True).rasd_config["in_chans"] == 3
+    assert rasd_hub.create_model(tmp_path / "w", in_chans=1).rasd_config["in_chans"] == 1
+    adapted = rasd_hub.create_model(tmp_path / "w", pretrained=True, in_chans=1)
+    assert adapted.load_report.adapted  # given explicitly: the stem is adapted
+    assert rasd_hub.create_model("rasd2d_small").rasd_config["in_chans"] == 1
+
+
+def test_local_weights_that_disagree_with_their_pin_are_refused(tmp_path):
+    import shutil
+
+    from rasd_hub.pretrained import PretrainedCfg, _CFGS, get_pretrained_cfg
+
+    shipped = get_pretrained_cfg("rasd2d_small")
+    rasd_hub.save_pretrained(rasd_hub.create_model("rasd2d_small"), tmp_path / "other")
+    cfg = PretrainedCfg("rasd2d_small", "replaced_folder", path=str(tmp_path / "other"),
+                        sha256=dict(shipped.sha256))
+    _CFGS[cfg.name] = cfg
+    try:
+        with pytest.raises(ChecksumMismatchError, match="not the pinned weights") as err:
+            rasd_hub.load(cfg.name)
+        assert err.value.expected == shipped.sha256["model.safetensors"]
+        # the pinned folder itself still loads
+        shutil.copytree(Path(rasd_hub.__file__).parent / shipped.file, tmp_path / "copy")
+        _CFGS[cfg.name] = PretrainedCfg("rasd2d_small", "replaced_folder", path=str(tmp_path / "copy"),
+                                        sha256=dict(shipped.sha256))
+        assert rasd_hub.load(cfg.name).rasd_config["pretrained"]["sha256"] == shipped.sha256["model.safetensors"]
+    finally:
+        del _CFGS[cfg.name]
+
+
+@pytest.mark.parametrize("normalization, message", [
+    ({"method": "percentile"}, "method 'percentile' is unknown"),
+    ({"method": "minmax", "range": [1.0, 0.0]}, "not \\[lo, hi\\]"),
+    ({"method": "zscore", "std": 0.0}, "std 0.0 is not positive"),
+    ("minmax", "must be an object"),
+])
+def test_an_unknown_normalization_in_config_json_is_an_error(tmp_path, normalization, message):
+    rasd_hub.save_pretrained(rasd_hub.create_model("rasd2d_small"), tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["normalization"] = normalization
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(WeightsFormatError, match=message):
+        rasd_hub.load(tmp_path)
+    with pytest.raises(WeightsFormatError, match=message):
+        rasd_hub.resolve_weights(str(tmp_path), False, need_weights=False)
+
+
+def test_save_pretrained_publishes_the_folder_as_a_whole(tmp_path, monkeypatch):
+    """A reader sees the old folder or the new one: the files are written beside the target, and
+    a failure while writing leaves the previous folder untouched."""
+    from safetensors import torch as st
+
+    out = tmp_path / "w"
+    first = rasd_hub.create_model("rasd2d_small")
+    rasd_hub.save_pretrained(first, out, provenance={"n": 1})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    inode = out.stat().st_ino
+    seen = {}
+
+    def save_file_then_look(tensors, filename, metadata=None):
+        st_save_file(tensors, filename, metadata=metadata)
+        seen["parent"] = Path(filename).parent
+        seen["target_then"] = {p.name: p.read_bytes() for p in out.iterdir()}
+        raise OSError(28, "No space left on device")
+
+    st_save_file = st.save_file
+    monkeypatch.setattr(st, "save_file", save_file_then_look)
+    with pytest.raises(OSError, match="No space"):
+        rasd_hub.save_pretrained(rasd_hub.create_model("rasd2d_small"), out, provenance={"n": 2})
+    assert seen["parent"] != out and seen["parent"].parent == out.parent  # written beside
+    assert seen["target_then"] == before  # nothing of the new weights inside OUT meanwhile
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # staging folder removed
+    monkeypatch.setattr(st, "save_file", st_save_file)
+    rasd_hub.save_pretrained(rasd_hub.create_model("rasd2d_small"), out, provenance={"n": 3})
+    assert out.stat().st_ino != inode  # a new folder took the old one's place
+    assert json.loads((out / "config.json").read_text())["provenance"]["n"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+
+
+def test_save_pretrained_refuses_a_folder_with_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(WeightsFormatError, match="notes.txt"):
+        rasd_hub.save_pretrained(rasd_hub.create_model("rasd2d_small"), tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_the_same_weights_always_give_the_same_file(tmp_path):
+    """Re-exporting a checkpoint must reproduce its pinned sha256 (safetensors used to write a
+    two-key metadata header in a random order)."""
+    model = rasd_hub.create_model("rasd2d_small")
+    digests = set()
+    for i in range(8):
+        rasd_hub.save_pretrained(model, tmp_path / str(i), provenance={"same": True})
+        digests.add(json.loads((tmp_path / str(i) / "config.json").read_text())["weights"]["sha256"])
+    assert len(digests) == 1

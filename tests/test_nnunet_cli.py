@@ -195,7 +195,7 @@ def test_continue_after_a_kill_ends_bit_identical_to_an_uninterrupted_run(nuclei
     proc.wait()
     assert (fold / "checkpoint_latest.pth").exists() and not (fold / "checkpoint_final.pth").exists()
     _train(NUCLEI, 3, env, "--c")
-    assert not list(fold.glob(".*.tmp")), "temporary files of a killed write are cleaned up"
+    assert not list(fold.glob(".tmp-*")), "temporary files of a killed write are cleaned up"
     resumed = _network_state(fold)
     uninterrupted = _network_state(_model_dir(reference, nuclei["raw"].name) / "fold_3")
     differ = [k for k, v in uninterrupted.items() if isinstance(v, torch.Tensor) and not torch.equal(resumed[k], v)]

@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 from nnunet_plugin import trainers as T
 from nnunet_plugin.datasets import build_synthetic_dataset
 from nnunet_plugin.errors import (
-    PatchTooSmallError, PlansError, UnknownNormalizationError, WeightsDimensionError,
+    PatchTooSmallError, PlansError, WeightsDimensionError,
     WeightsMismatchError,
 )
 from nnunet_plugin.planning import activation_bytes, estimate_batch_size, plan_dataset
 from nnunet_plugin.commands import nnunet_environment, plan_and_preprocess, save_random_weights
-from rasd_hub.errors import WeightsFormatError, WeightsNotAvailableError
+from rasd_hub.errors import WeightsFormatError, WeightsNotAvailableError, WeightsNotFoundError
 
 DATASET_ID = 991
 DATASET = f"Dataset{DATASET_ID:03d}_SyntheticDisks"
@@ -155,14 +155,17 @@ def test_planning_refuses_what_cannot_work(nnunet_dirs, tmp_path):
         plan_dataset(DATASET_ID, "rasd3d_small", plans_name="RaSDPlans_x")
     with pytest.raises(WeightsNotAvailableError, match="rasd hub convert"):  # nothing published
         plan_dataset(DATASET_ID, "rasd2d", plans_name="RaSDPlans_x")
-    with pytest.raises(WeightsFormatError, match="no such directory"):
+    with pytest.raises(WeightsNotFoundError, match="no such directory"):
         plan_dataset(DATASET_ID, str(tmp_path / "nowhere"), plans_name="RaSDPlans_x")
     with pytest.raises(PlansError, match="overwrite the source plans"):
         plan_dataset(DATASET_ID, "rasd2d_small", plans_name="nnUNetPlans")
     with pytest.raises(PlansError, match="nnUNetv2_plan_and_preprocess"):
         plan_dataset(DATASET_ID, "rasd2d_small", source_plans="noSuchPlans")
-    weird = save_random_weights("rasd2d_small", tmp_path / "weird", normalization={"method": "histogram"})
-    with pytest.raises(UnknownNormalizationError, match="histogram"):
+    weird = save_random_weights("rasd2d_small", tmp_path / "weird")
+    config = json.loads((weird / "config.json").read_text())
+    config["normalization"]["method"] = "histogram"  # no mapping exists for it: refused, not guessed
+    (weird / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsFormatError, match="'histogram' is unknown"):
         plan_dataset(DATASET_ID, str(weird), plans_name="RaSDPlans_x")
     assert not (preprocessed(nnunet_dirs) / "RaSDPlans_x.json").exists()
 
@@ -283,7 +286,7 @@ def test_missing_planned_weights_folder_is_one_clear_error(nnunet_dirs, use_weig
     plans["rasd"]["pretrained"]["source"] = str(moved)
     shutil.rmtree(moved)
     trainer = make_trainer(T.RaSDTrainerSmall, nnunet_dirs, plans)
-    with pytest.raises(WeightsFormatError, match="no such directory"):
+    with pytest.raises(WeightsNotFoundError, match="no such directory"):
         trainer.initialize()
 
 

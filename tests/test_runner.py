@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pretraining.checkpoint import list_checkpoints, load_checkpoint
+from pretraining.checkpoint import CheckpointUnreadableError, list_checkpoints, load_checkpoint
 from pretraining.config import TrainConfig
 from pretraining.errors import (
     BatchSizeError,
@@ -113,17 +113,24 @@ def test_exact_resume_and_metrics(tmp_path):
     assert straight.step == 6 and straight.resumed_from is None
     part = run(make_config(tmp_path / "b", steps=3))
     assert part.step == 3
+    start_preview = (tmp_path / "b" / "preview_start.png").read_bytes()
     resumed = run(make_config(tmp_path / "b", resume=True))
+    # the start preview shows step 0; a resumed launch leaves it alone
+    assert (tmp_path / "b" / "preview_start.png").read_bytes() == start_preview
+    assert resumed.previews == [tmp_path / "b" / "preview_end.png"]
     assert resumed.resumed_from == 3 and resumed.step == 6
     assert_same_training_state(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
     # metrics: one line per step, no duplicates after the resume, same losses as the straight run
     a = read_metrics(tmp_path / "a" / "metrics.jsonl")
     b = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    resumes = [r for r in b if r.get("event") == "resume"]
+    assert [r["step"] for r in resumes] == [3] and resumes[0]["checkpoint"].endswith("step_0000003.pt")
+    b = [r for r in b if "loss" in r]
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert a[-1]["loss"] < a[0]["loss"]
     assert {"loss", "separation", "clustering", "lr", "steps_per_s"} <= set(a[0])
-    # previews at start and end of each launch
+    assert (tmp_path / "a" / "preview_start.png").read_bytes() == start_preview
     assert (tmp_path / "a" / "preview_start.png").stat().st_size > 0
     assert (tmp_path / "a" / "preview_end.png").stat().st_size > 0
 
@@ -151,15 +158,110 @@ def test_checkpoint_contract(tmp_path):
     json.dumps(state["run_config"])  # plain values only
 
 
-def test_truncated_newest_checkpoint_is_skipped(tmp_path):
+def test_truncated_newest_checkpoint_is_set_aside_and_resume_is_exact(tmp_path):
     run(make_config(tmp_path / "a"))
     run(make_config(tmp_path / "b", steps=5, checkpoint_every=2))  # checkpoints 2, 4, 5
     newest = list_checkpoints(tmp_path / "b" / "checkpoints")[0][1]
     newest.write_bytes(newest.read_bytes()[:1000])
-    with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
-        resumed = run(make_config(tmp_path / "b", resume=True))
+    resumed = run(make_config(tmp_path / "b", resume=True))
     assert resumed.resumed_from == 4
     assert_same_training_state(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
+    kept = tmp_path / "b" / "checkpoints" / "step_0000005.pt.unreadable"
+    assert kept.stat().st_size == 1000  # kept for inspection, no longer a checkpoint name
+    events = [r for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if r.get("event")]
+    assert {"event": "unreadable_checkpoint", "file": kept.name, "step": 4} in events
+
+
+def _garbage(path, step):
+    (path / f"step_{step:07d}.pt").write_bytes(b"not a checkpoint")
+
+
+def test_resume_refuses_when_no_checkpoint_loads_and_changes_nothing(tmp_path):
+    run(make_config(tmp_path, steps=4, checkpoint_every=2))
+    metrics_before = (tmp_path / "metrics.jsonl").read_bytes()
+    for step, path in list_checkpoints(tmp_path / "checkpoints"):
+        path.write_bytes(path.read_bytes()[:500])  # truncated
+    _garbage(tmp_path / "checkpoints", 7)
+    files_before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(CheckpointUnreadableError) as err:
+        run(make_config(tmp_path, steps=6, resume=True))
+    message = str(err.value)
+    assert "step_0000007.pt" in message and "step_0000002.pt" in message and "mv " in message
+    assert "none of the 3 checkpoints" in message
+    # no silent restart: metrics and checkpoint files are exactly as they were
+    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics_before
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == files_before
+
+
+def test_resume_in_a_folder_without_checkpoints_is_a_fresh_start(tmp_path):
+    fresh = run(make_config(tmp_path / "a", steps=3, resume=True))
+    assert fresh.resumed_from is None and fresh.step == 3
+    plain = run(make_config(tmp_path / "b", steps=3))
+    assert_same_training_state(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
+
+
+def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
+    """Three unreadable high-step files used to outrank every new checkpoint, so keep=2 deleted
+    each one right after writing it."""
+    run(make_config(tmp_path / "a"))
+    run(make_config(tmp_path / "b", steps=2, checkpoint_every=2, keep_checkpoints=2))
+    for step in (10, 11, 12):
+        _garbage(tmp_path / "b" / "checkpoints", step)
+    resumed = run(make_config(tmp_path / "b", checkpoint_every=2, keep_checkpoints=2, resume=True))
+    assert resumed.resumed_from == 2
+    assert [s for s, _ in list_checkpoints(tmp_path / "b" / "checkpoints")] == [6, 4]
+    assert_same_training_state(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
+
+
+def test_resume_prunes_what_a_killed_run_did_not(tmp_path):
+    """Killed after a checkpoint's rename but before pruning: the resumed run prunes."""
+    from pretraining.checkpoint import save_checkpoint
+
+    run(make_config(tmp_path, steps=6, checkpoint_every=2, keep_checkpoints=2))
+    state = final_state(tmp_path)
+    save_checkpoint(dict(state, step=2), tmp_path / "checkpoints", 2, keep=0)  # not pruned
+    run(make_config(tmp_path, steps=6, checkpoint_every=2, keep_checkpoints=2, resume=True))
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [6, 4]
+
+
+def test_pruning_keeps_newer_files_and_the_new_one(tmp_path):
+    from pretraining.checkpoint import save_checkpoint
+
+    _garbage(tmp_path, 9)
+    for step in (1, 2, 3):
+        save_checkpoint({"step": step}, tmp_path, step, keep=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [9, 3, 2]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_stale_temporary_checkpoint_files_are_removed_on_resume(tmp_path):
+    run(make_config(tmp_path, steps=2, checkpoint_every=2))
+    stale = [tmp_path / "checkpoints" / ".step_0000004.pt.1234.tmp",  # the writer before rasd_hub._io
+             tmp_path / "checkpoints" / ".tmp-abcd1234-step_0000004.pt"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    (tmp_path / ".tmp-abcd1234-export").mkdir()  # a killed export's staging folder
+    run(make_config(tmp_path, steps=3, resume=True))
+    assert not [p for p in stale if p.exists()] and not (tmp_path / ".tmp-abcd1234-export").exists()
+
+
+def test_resume_with_a_new_lr_and_weight_decay_trains_with_the_new_values(tmp_path, capsys):
+    run(make_config(tmp_path, steps=3, lr=1e-2))
+    config = make_config(tmp_path, steps=6, lr=4e-3, weight_decay=0.05, resume=True)
+    run(config)
+    state = final_state(tmp_path)
+    groups = state["optimizer"]["param_groups"]
+    assert groups[0]["initial_lr"] == 4e-3 and groups[0]["weight_decay"] == 0.05
+    assert state["scheduler"]["base_lrs"] == [4e-3]
+    logged = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if "lr" in r
+              and not r.get("event")}
+    assert logged[2] == pytest.approx(1e-2 * lr_factor(2, config))  # first launch: old lr
+    for step in (4, 5, 6):  # the lr a step-4..6 optimiser step used, logged after the step
+        assert logged[step] == pytest.approx(4e-3 * lr_factor(step, config))
+    assert "lr 0.01 -> 0.004" in capsys.readouterr().err
+    event = [r for r in read_metrics(tmp_path / "metrics.jsonl")
+             if r.get("event") == "optimizer_settings_changed"][0]
+    assert event["step"] == 3 and event["lr"] == [1e-2, 4e-3] and event["weight_decay"] == [0.01, 0.05]
 
 
 def test_sigterm_writes_checkpoint_then_resume_is_exact(tmp_path):
@@ -238,6 +340,16 @@ def test_offline_pool_is_generated_once_and_cycled(tmp_path):
     assert len(list((tmp_path / "pool").glob("batch_*.pt"))) == 2
     event = read_metrics(tmp_path / "out" / "metrics.jsonl")[0]
     assert event["event"] == "offline_pool" and event["samples"] == 16 and event["bytes"] > 0
+    # a pool of other settings is never reused (it would train on the wrong data)
+    other = make_config(tmp_path / "out2", steps=5, offline_pool=str(tmp_path / "pool"),
+                        offline_pool_batches=2, preview=False, num_classes=4)
+    with pytest.raises(PretrainingError, match="num_classes: pool 6 vs this run 4"):
+        run(other)
+    (tmp_path / "old_pool").mkdir()  # a pool without pool.json (written before it existed)
+    (tmp_path / "pool" / "batch_00000.pt").rename(tmp_path / "old_pool" / "batch_00000.pt")
+    with pytest.raises(PretrainingError, match="no readable pool.json"):
+        run(make_config(tmp_path / "out3", steps=5, offline_pool=str(tmp_path / "old_pool"),
+                        offline_pool_batches=2, preview=False))
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -300,3 +412,20 @@ def test_export_states_the_measured_intensity_moments_of_the_synthetic_inputs(tm
     assert abs(norm["mean"] - float(image.mean())) < 0.08
     assert abs(norm["std"] - float(image.std())) < 0.08
     assert 0.0 < norm["std"] < 0.5
+
+
+def test_hub_export_of_the_final_checkpoint_equals_the_end_of_run_export(tmp_path):
+    """`rasd hub export CHECKPOINT` (the route README gives for nnU-Net) and the runner's own
+    export give the same folder, measured input moments included."""
+    from pretraining.sources import online_source
+    from rasd_hub.cli import main
+
+    config = make_config(tmp_path / "run", size=32, steps=2, export=True, preview=False)
+    result = run_pretraining(config, build_source=online_source, progress=False)
+    assert main(["hub", "export", str(result.checkpoint), str(tmp_path / "by_cli")]) == 0
+    ours = {p.name: p.read_bytes() for p in (tmp_path / "run" / "export").iterdir()}
+    theirs = {p.name: p.read_bytes() for p in (tmp_path / "by_cli").iterdir()}
+    assert sorted(ours) == ["README.md", "config.json", "model.safetensors"]
+    assert ours == theirs
+    norm = json.loads(ours["config.json"])["normalization"]
+    assert "mean" in norm and "std" in norm and norm["moments"].startswith("measured")

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rasd_hub._io import atomic_path
+
 __all__ = ["write_pair", "preview_grid", "PALETTE"]
 
 # Distinct colours for labels (Tableau 20); more classes cycle through them.
@@ -24,6 +26,8 @@ def write_pair(image: torch.Tensor, label: torch.Tensor, directory: Path, stem: 
 
     3D: ``STEM_image.nii.gz`` (float32) and ``STEM_label.nii.gz`` (uint8), identity affine
     (1 mm voxels). 2D: ``STEM_image.png`` (8-bit grey) and ``STEM_label.png`` (8-bit class indices).
+    Each file is written atomically (``rasd_hub._io.atomic_path``: never a truncated file under
+    its name; the temporary name keeps the extension the writers choose the format by).
     """
     array = image[0].detach().cpu().numpy().astype(np.float32)
     labels = label.detach().cpu().numpy().astype(np.uint8)
@@ -31,14 +35,16 @@ def write_pair(image: torch.Tensor, label: torch.Tensor, directory: Path, stem: 
         import nibabel as nib
 
         paths = [directory / f"{stem}_image.nii.gz", directory / f"{stem}_label.nii.gz"]
-        nib.save(nib.Nifti1Image(array, np.eye(4)), paths[0])
-        nib.save(nib.Nifti1Image(labels, np.eye(4)), paths[1])
+        for path, data in zip(paths, (array, labels)):
+            with atomic_path(path) as tmp:
+                nib.save(nib.Nifti1Image(data, np.eye(4)), tmp)
         return paths
     from PIL import Image
 
     paths = [directory / f"{stem}_image.png", directory / f"{stem}_label.png"]
-    Image.fromarray(_to_grey(array)).save(paths[0])
-    Image.fromarray(labels).save(paths[1])  # uint8 -> 8-bit grey
+    for path, data in zip(paths, (_to_grey(array), labels)):  # labels: uint8 -> 8-bit grey
+        with atomic_path(path) as tmp:
+            Image.fromarray(data).save(tmp)
     return paths
 
 
