@@ -49,7 +49,7 @@ from torch._dynamo import OptimizedModule
 
 from nnunet_plugin import pretrained
 from nnunet_plugin.errors import PlansError
-from nnunet_plugin.network import is_rasd_architecture
+from nnunet_plugin.network import has_deep_supervision, is_rasd_architecture
 from nnunet_plugin.normalization import plan_input_mapping
 from nnunet_plugin.planning import planned_weights
 from nnunet_plugin.schedule import WarmupPolyLR, warmup_epochs_for
@@ -120,8 +120,9 @@ class RaSDTrainer(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = self.peak_lr
         self.weight_decay = self.fine_tune_weight_decay
-        # rasd_hub's MONAI networks have one output; nnU-Net's deep-supervision loss expects several
-        self.enable_deep_supervision = False
+        # the ResEnc U-Nets train with nnU-Net's deep supervision; the MONAI networks have one output
+        self.enable_deep_supervision = has_deep_supervision(
+            self.configuration_manager.network_arch_init_kwargs["rasd_model_args"])
         self.seed = int(os.environ.get(SEED_VAR, "0"))
         self._restoring_nnunet_checkpoint = False
         self._log_plans()
@@ -239,8 +240,9 @@ class RaSDTrainer(nnUNetTrainer):
 
     def set_deep_supervision_enabled(self, enabled: bool):
         # rasd_hub's MONAI networks have a single output: nothing to switch (the base reaches for
-        # .decoder.deep_supervision, which they do not have)
-        pass
+        # .decoder.deep_supervision, which only the ResEnc U-Nets have)
+        if self.enable_deep_supervision:
+            super().set_deep_supervision_enabled(enabled)
 
 
 class RaSDTrainerFromScratch(RaSDTrainer):

@@ -64,6 +64,7 @@ def register_model(
     notes: str = "",
     released_checkpoint: str | None = None,
     pretrain_preset: str | None = "",
+    code_license: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator that registers an entry point under its function name."""
 
@@ -77,6 +78,7 @@ def register_model(
             source=source, notes=notes,
             released_checkpoint=released_checkpoint,
             pretrain_preset=name if pretrain_preset == "" else pretrain_preset,
+            **({"code_license": code_license} if code_license else {}),
         )
         return fn
 

@@ -194,20 +194,36 @@ def configure_export(parser):
     the run's measured input moments (config.json 'normalization'): the final checkpoint gives
     exactly the run's own OUT/export. OUT_DIR is written beside and swapped in as a whole.
 
-    Example:
+    --format nnssl writes OUT as one nnssl checkpoint (.pth: network_weights +
+    nnssl_adaptation_plan) instead, for nnU-Net's own fine-tuning from nnssl checkpoints (3D
+    Residual Encoder U-Nets only).
+
+    Examples:
       rasd hub export runs/r1/checkpoints/step_0001000.pt weights/rasd2d_small
+      rasd hub export runs/resenc/checkpoints/step_0000200.pt rasd3d_resenc_small.pth --format nnssl
     """
     parser.add_argument("checkpoint", help="training checkpoint (.pt)")
-    parser.add_argument("out_dir", help="output weights directory")
+    parser.add_argument("out_dir", help="output weights directory (with --format nnssl: the .pth file)")
+    parser.add_argument("--format", choices=("rasd", "nnssl"), default="rasd",
+                        help="rasd_hub weights folder (default) or an nnssl checkpoint")
     parser.add_argument("--license", default="apache-2.0", help="licence id for the model card")
     parser.add_argument("--base-model", default=None, help="Hub id these weights were fine-tuned from")
     parser.set_defaults(func=run_export)
 
 
 def run_export(args) -> int:
-    from rasd_hub.convert import export_checkpoint
+    from rasd_hub.convert import export_checkpoint, model_from_checkpoint
     from rasd_hub.weights import read_config
 
+    if args.format == "nnssl":
+        from rasd_hub.nnssl import write_nnssl_checkpoint
+
+        model, provenance = model_from_checkpoint(args.checkpoint)
+        out = write_nnssl_checkpoint(model, args.out_dir, provenance=provenance)
+        print(f"exported {model.rasd_config['architecture']} to {out} (nnssl checkpoint)")
+        print(f"fine-tune in nnU-Net with `nnUNetv2_preprocess_like_nnssl ... -pc {out}`, or import "
+              f"it back with `rasd hub convert {out} OUT_DIR`")
+        return 0
     out = export_checkpoint(args.checkpoint, args.out_dir, license=args.license, base_model=args.base_model)
     cfg = read_config(out)
     print(f"exported {cfg['architecture']} to {out}\n  sha256: {cfg['weights']['sha256']}  model.safetensors")
@@ -233,14 +249,19 @@ def configure_convert(parser):
     module. / backbone. prefixes, swin_vit spelling), reads with torch.load(weights_only=True),
     loads strictly and writes model.safetensors + config.json + README.md.
 
+    An nnssl checkpoint (network_weights + nnssl_adaptation_plan of a Residual Encoder U-Net)
+    needs no --arch: its adaptation plan gives the architecture, checked field by field.
+
     Examples:
       rasd hub convert RaSE_B.pth weights/rasd3d_swinb --arch rasd3d_swinb
       rasd hub convert RaSE_2D.pth weights/rasd2d --arch rasd2d
+      rasd hub convert nnssl_resencl.pth weights/resencl_nnssl
     """
-    parser.add_argument("checkpoint", help="released checkpoint (.pth)")
+    parser.add_argument("checkpoint", help="released checkpoint (.pth) or nnssl checkpoint")
     parser.add_argument("out_dir", help="output weights directory")
-    parser.add_argument("--arch", required=True,
-                        help="architecture: rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d")
+    parser.add_argument("--arch", default=None,
+                        help="architecture: rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d "
+                        "(not for nnssl checkpoints)")
     parser.add_argument("--model-arg", action="append", type=_model_arg, default=[], metavar="KEY=VALUE",
                         help="override an architecture argument (VALUE is JSON), repeatable")
     parser.add_argument("--license", default="other", help="licence id for the card (default: other; "
@@ -250,6 +271,19 @@ def configure_convert(parser):
 
 def run_convert(args) -> int:
     from rasd_hub.convert import convert_checkpoint
+    from rasd_hub.nnssl import convert_nnssl, is_nnssl_checkpoint
+
+    if is_nnssl_checkpoint(args.checkpoint):
+        if args.arch or args.model_arg:
+            raise RasdValueError(f"{args.checkpoint} is an nnssl checkpoint: its adaptation plan "
+                                 "gives the architecture; drop --arch / --model-arg")
+        out = convert_nnssl(args.checkpoint, args.out_dir, license=args.license)
+        print(f"converted nnssl checkpoint {args.checkpoint} -> {out}")
+        print(f"load with rasd_hub.load('{out}')")
+        return 0
+    if not args.arch:
+        raise RasdValueError(f"{args.checkpoint} is not an nnssl checkpoint: pass --arch "
+                             "(rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d)")
 
     out, summary = convert_checkpoint(args.checkpoint, args.out_dir, args.arch,
                                       model_args=dict(args.model_arg), license=args.license)

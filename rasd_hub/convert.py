@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from rasd_hub._io import sha256_file
 from rasd_hub.errors import StateDictMismatchError, WeightsFormatError
 
-__all__ = ["export_checkpoint", "convert_checkpoint", "unwrap_released_state_dict", "read_checkpoint"]
+__all__ = ["export_checkpoint", "model_from_checkpoint", "convert_checkpoint", "unwrap_released_state_dict", "read_checkpoint"]
 
 #: containers the released downstream loader unwraps, outermost first
 WRAPPER_KEYS = ("state_dict", "network_weights", "net", "student", "model")
@@ -160,17 +160,29 @@ def export_checkpoint(
 ) -> Path:
     """Turn a pre-training checkpoint into our weights format (docs/architecture.md contract).
 
+    Rebuilds the model with :func:`model_from_checkpoint` and writes ``model.safetensors`` +
+    ``config.json`` + ``README.md``: the same folder as the runner's own end-of-run export (which
+    calls this function on its final checkpoint).
+    """
+    from rasd_hub.weights import save_pretrained
+
+    model, provenance = model_from_checkpoint(checkpoint)
+    return save_pretrained(model, out_dir, provenance=provenance, license=license,
+                           base_model=base_model, description=description)
+
+
+def model_from_checkpoint(checkpoint: str | os.PathLike):
+    """The model a pre-training checkpoint holds, and the run's provenance.
+
     Reads ``model`` (state dict), ``model_config`` (the model's ``rasd_config``) and
-    ``provenance`` with ``torch.load(weights_only=True)``, rebuilds the model from the config,
-    loads the weights strictly and writes ``model.safetensors`` + ``config.json`` + ``README.md``.
-    What the run recorded about its inputs (``normalization``, e.g. the measured moments of the
-    synthetic images) is kept, so this gives the same folder as the runner's own end-of-run
-    export (which calls this function on its final checkpoint).
+    ``provenance`` with ``torch.load(weights_only=True)``, rebuilds the model from the config and
+    loads the weights strictly. What the run recorded about its inputs (``normalization``, e.g.
+    the measured moments of the synthetic images) is kept.
     """
     import torch
 
     from rasd_hub._builder import _build
-    from rasd_hub.weights import check_normalization, load_state_dict_checked, save_pretrained
+    from rasd_hub.weights import check_normalization, load_state_dict_checked
 
     ckpt = read_checkpoint(checkpoint)
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or "model_config" not in ckpt:
@@ -192,5 +204,4 @@ def export_checkpoint(
     load_state_dict_checked(model, sd, strict=True, source=str(checkpoint))
     provenance = dict(ckpt.get("provenance") or {})
     provenance.setdefault("checkpoint", Path(checkpoint).name)
-    return save_pretrained(model, out_dir, provenance=provenance, license=license,
-                           base_model=base_model, description=description)
+    return model, provenance
