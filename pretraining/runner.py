@@ -66,6 +66,7 @@ from pretraining.sources import (
     synthetic_intensity_moments,
 )
 from rasd_hub._io import remove_stale_temporaries
+from rasd_hub._manipulate import set_normalization
 from rasd_hub.errors import RasdValueError
 
 __all__ = ["Trainer", "RunResult", "StepResult", "run_pretraining", "hub_model", "lr_factor"]
@@ -191,9 +192,9 @@ class Trainer:
             # Fine-tuning maps real intensities onto the moments the network sees here
             # (nnunet_plugin.normalization), so checkpoints and exports state them, measured.
             mean, std = synthetic_intensity_moments(config, device=self.device)
-            model_config["normalization"].update(
-                mean=round(mean, 4), std=round(std, 4),
-                moments="measured on synthetic images of this run's synthesis preset")
+            set_normalization(self.model, dict(
+                model_config["normalization"], mean=round(mean, 4), std=round(std, 4),
+                moments="measured on synthetic images of this run's synthesis preset"))
         # per-rank stream for anything random inside the model (dropout, drop path)
         torch.manual_seed(config.seed + self.ctx.rank)
 

@@ -22,15 +22,21 @@ _LAZY = {
     "list_models": "rasd_hub.catalog",
     "model_info": "rasd_hub.catalog",
     "list_pretrained": "rasd_hub.pretrained",
-    "PretrainedCfg": "rasd_hub.pretrained",
+    "PretrainedCfg": "rasd_hub._pretrained",
     "register_pretrained": "rasd_hub.pretrained",
     "register_model": "rasd_hub._registry",
+    "parse_weights_ref": "rasd_hub._sources",
+    "HubRef": "rasd_hub._sources",
+    "LocalRef": "rasd_hub._sources",
+    "RegistryRef": "rasd_hub._sources",
+    "set_normalization": "rasd_hub._manipulate",
     "save_pretrained": "rasd_hub.weights",
     "LoadReport": "rasd_hub.weights",
     "push_to_hub": "rasd_hub.hub",
-    "download": "rasd_hub.hub",
+    "download": "rasd_hub._sources",
     "export_checkpoint": "rasd_hub.convert",
     "convert_checkpoint": "rasd_hub.convert",
+    "install_weights": "rasd_hub.convert",
 }
 
 __all__ = ["__version__", *_LAZY]

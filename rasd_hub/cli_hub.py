@@ -48,9 +48,7 @@ def run_list(args) -> int:
         rows = []
         for n in names:
             c = get_pretrained_cfg(n)
-            source = (f"package:{c.file}" if c.file else c.path
-                      or f"hf-hub:{c.hf_hub_id}@{c.revision}")
-            rows.append({"name": n, "license": c.license, "description": c.description, "source": source})
+            rows.append({"name": n, "license": c.license, "description": c.description, "source": c.where})
         if args.json:
             _print_json(rows)
         elif not rows:
@@ -93,9 +91,9 @@ def configure_info(parser):
 def run_info(args) -> int:
     import rasd_hub
     from rasd_hub._builder import resolve_weights
-    from rasd_hub._registry import is_architecture
+    from rasd_hub._sources import RegistryRef, parse_weights_ref
 
-    if is_architecture(args.name.split(".")[0]) and not args.name.startswith("hf-hub:"):
+    if isinstance(parse_weights_ref(args.name), RegistryRef):
         info = rasd_hub.model_info(args.name)
     else:
         _, src = resolve_weights(args.name, False, offline=args.offline, cache_dir=args.cache_dir,
@@ -133,7 +131,7 @@ def configure_download(parser):
 
 
 def run_download(args) -> int:
-    from rasd_hub.hub import download
+    from rasd_hub._sources import download
 
     rows = download(args.names, cache_dir=args.cache_dir, endpoint=args.endpoint, offline=False)
     if args.json:

@@ -10,8 +10,12 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from rasd_hub._builder import build_model, create_model
 from rasd_hub._io import sha256_file
+from rasd_hub._manipulate import set_normalization
+from rasd_hub._validate import check_normalization
 from rasd_hub.errors import StateDictMismatchError, WeightsFormatError
+from rasd_hub.weights import load_state_dict_checked, save_pretrained
 
 __all__ = ["export_checkpoint", "convert_checkpoint", "unwrap_released_state_dict", "read_checkpoint"]
 
@@ -115,8 +119,6 @@ def convert_checkpoint(
     channels read from the weights, overridden by ``model_args``. Loading is strict. Returns the
     output directory and a summary (steps, arguments, sha256 of source and result).
     """
-    from rasd_hub._builder import create_model
-    from rasd_hub.weights import load_state_dict_checked, save_pretrained
 
     raw = read_checkpoint(checkpoint)
     sd, steps = unwrap_released_state_dict(raw)
@@ -169,9 +171,6 @@ def export_checkpoint(
     """
     import torch
 
-    from rasd_hub._builder import _build
-    from rasd_hub.weights import check_normalization, load_state_dict_checked, save_pretrained
-
     ckpt = read_checkpoint(checkpoint)
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or "model_config" not in ckpt:
         keys = sorted(map(str, ckpt))[:12] if isinstance(ckpt, Mapping) else type(ckpt).__name__
@@ -184,10 +183,10 @@ def export_checkpoint(
                                  "(it must be the model's rasd_config)")
     check_normalization(cfg.get("normalization"), f"{checkpoint}: model_config")
     with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG
-        model = _build(cfg["architecture"], cfg, {}, num_classes=None, in_chans=None,
-                       features_only=bool(cfg.get("features_only", False)))
+        model = build_model(cfg["architecture"], cfg, {},
+                            features_only=bool(cfg.get("features_only", False)))
     if cfg.get("normalization"):
-        model.rasd_config["normalization"] = dict(cfg["normalization"])
+        set_normalization(model, cfg["normalization"])
     sd, _ = unwrap_released_state_dict(ckpt["model"])
     load_state_dict_checked(model, sd, strict=True, source=str(checkpoint))
     provenance = dict(ckpt.get("provenance") or {})

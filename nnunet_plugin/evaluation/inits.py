@@ -10,7 +10,6 @@ Loading, checksums, stem adaptation for the channel count and the fresh head are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nnunet_plugin.evaluation.errors import InitError
@@ -38,15 +37,14 @@ def _reword(err: RasdError, option: str, hint: str) -> None:
 
 
 def _weights_name(arch: str, init: str) -> tuple[str, Any]:
-    """(name, pretrained) arguments of ``create_model`` for a non-scratch ``init``."""
-    if init.startswith("hf-hub:"):
-        return init, True
-    path = Path(init).expanduser()
-    if path.exists() or "/" in init or init.startswith((".", "~")):
-        return arch, str(path)  # a weights folder or .safetensors file: rasd_hub says if missing
-    if init == arch or init.startswith(arch + "."):
-        return init, True  # the architecture's default tag, or ARCH.TAG
-    return f"{arch}.{init}", True
+    """(name, pretrained) arguments of ``create_model`` for a non-scratch ``init``: rasd_hub's
+    resolver decides what ``init`` is (a bare ``TAG`` means ``ARCH.TAG``)."""
+    from rasd_hub import LocalRef, parse_weights_ref
+
+    ref = parse_weights_ref(init, architecture=arch)
+    if isinstance(ref, LocalRef):
+        return arch, str(ref.path)  # a weights folder or .safetensors file: rasd_hub says if missing
+    return str(ref), True
 
 
 def _comparable_args(config: dict) -> dict:
