@@ -6,6 +6,7 @@
 >>> model = rasd_hub.create_model("rasd2d_small", num_classes=3)          # random weights
 >>> model = rasd_hub.load("hf-hub:ORG/REPO@COMMIT")                        # pretrained, verified
 >>> rasd_hub.save_pretrained(model, "weights/", provenance={"preset": "rasd2d_small"})
+>>> import timm; timm.create_model("rasd2d_small", pretrained=True)         # the same, from timm
 """
 
 from __future__ import annotations
@@ -53,3 +54,9 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+# every rasd model becomes a timm model once timm is imported (rasd_hub._timm; torch-free here)
+from rasd_hub._timm import install as _install_in_timm  # noqa: E402
+
+_install_in_timm()
