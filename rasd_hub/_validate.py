@@ -208,6 +208,8 @@ def check_config(config: Any, where: str, *, arch_lookup: Callable[[str], Any]) 
         check_model_args(arch, args, spec.args_schema)
     except ConfigValidationError as err:
         raise ConfigValidationError(f"{where}: {err}", field=err.field) from None
+    if isinstance(args, Mapping) and args.get("spatial_dims", spec.spatial_dims) != spec.spatial_dims:
+        bad("model_args.spatial_dims", f"is {args['spatial_dims']!r} but {arch} is {spec.spatial_dims}D")
     if "spatial_dims" in config and config["spatial_dims"] != spec.spatial_dims:
         bad("spatial_dims", f"is {config['spatial_dims']!r} but {arch} is {spec.spatial_dims}D")
     if "in_chans" in config and "in_channels" in args and config["in_chans"] != args["in_channels"]:
