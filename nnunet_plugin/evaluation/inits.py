@@ -51,15 +51,17 @@ def _comparable_args(config: dict) -> dict:
     return {k: v for k, v in config["model_args"].items() if k not in _ADAPTED_ARGS}
 
 
-def build_model(model_name: str, init: str, num_classes: int | None, in_chans: int) -> BuiltModel:
+def build_model(model_name: str, init: str, num_classes: int | None, in_chans: int,
+                head: str | None = None) -> BuiltModel:
     """The network for ``init`` with ``num_classes`` outputs (``None`` keeps the weights' own
-    output layer, as the probe needs) and ``in_chans`` inputs. The caller seeds torch first."""
+    output layer, as the probe needs) and ``in_chans`` inputs; ``head="classifier"`` puts global
+    pooling and a linear layer on the encoder instead. The caller seeds torch first."""
     import rasd_hub
 
     try:
         arch, arch_source = rasd_hub.resolve_weights(model_name, False, need_weights=False)
         twin = rasd_hub.create_model(model_name, pretrained=False, num_classes=num_classes,
-                                     in_chans=in_chans)
+                                     in_chans=in_chans, head=head)
     except RasdError as err:
         _reword(err, f"--model {model_name!r}", "Give an architecture from `rasd hub list` "
                 "(e.g. rasd2d_small), a weights folder or hf-hub:ORG/REPO.")
@@ -71,7 +73,7 @@ def build_model(model_name: str, init: str, num_classes: int | None, in_chans: i
     name, pretrained = _weights_name(arch, init)
     try:
         model = rasd_hub.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                                      in_chans=in_chans)
+                                      in_chans=in_chans, head=head)
     except RasdError as err:
         _reword(err, f"--init {init!r}", "--init takes 'scratch', a tag from `rasd hub list`, "
                 "hf-hub:ORG/REPO@REV or a weights folder (rasd_hub.save_pretrained / "
