@@ -31,6 +31,7 @@ _LAZY = {
     "LocalRef": "rasd_hub._sources",
     "RegistryRef": "rasd_hub._sources",
     "set_normalization": "rasd_hub._manipulate",
+    "resolve_device": "rasd_hub._device",
     "save_pretrained": "rasd_hub.weights",
     "LoadReport": "rasd_hub.weights",
     "push_to_hub": "rasd_hub.hub",

@@ -85,7 +85,7 @@ def test_classify_compare_pairs_inits_over_seeds(monkeypatch):
         return x, y
 
     (trx, tr_y), (tex, te_y) = toy(64), toy(64)
-    monkeypatch.setattr(classify, "liver_tumour_tiles",
+    monkeypatch.setitem(classify.TASKS, "tiles2d",
                         lambda cache_dir=None, normalization=None: classify.TileTask(trx, tr_y, tex, te_y, "toy"))
     report = classify.classify_compare("rasd2d_small", ["scratch", "rasd2d_small"], seeds=2, epochs=2, batch=16)
     assert report["task"] == "toy" and report["seeds"] == 2

@@ -142,3 +142,40 @@ def test_the_resolver_types_each_kind_of_name(tmp_path, monkeypatch):
     with pytest.raises(UnknownModelError, match="rasd2d_small"):
         parse_weights_ref("rasd2d_smal")
     assert rasd_hub.parse_weights_ref is parse_weights_ref
+
+
+DEVICE_CHOICE = re.compile(r"""["']cuda["'] if torch\.cuda\.is_available\(\)""")
+
+
+def test_one_device_resolver():
+    """Turning 'auto' / 'cuda' into a device happens in rasd_hub._device only."""
+    offenders = []
+    for package in ("rasd_hub", "pretraining", "nnunet_plugin"):
+        for m, p in _modules(package).items():
+            if m == "rasd_hub._device":
+                continue
+            for i, line in enumerate(p.read_text().splitlines(), 1):
+                if DEVICE_CHOICE.search(line):
+                    offenders.append(f"{p.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert offenders == [], "devices resolved outside rasd_hub._device:\n" + "\n".join(offenders)
+
+
+def test_the_device_pattern_matches_what_it_looks_for():
+    assert DEVICE_CHOICE.search('requested = "cuda" if torch.cuda.is_available() else "cpu"')
+
+
+def test_the_device_resolver():
+    import torch
+
+    from rasd_hub import resolve_device
+    from rasd_hub.errors import RasdValueError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(RasdValueError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    with pytest.raises(RasdValueError, match="unsupported device 'meta'"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(RasdValueError, match="CUDA is not available"):
+            resolve_device("cuda")

@@ -1,6 +1,6 @@
 """Image-level classification with a pre-trained rasd encoder vs scratch (``rasd eval classify``).
 
-The task is built from the project's own real data: 32x32 tiles of the axial slices of the LiTS
+The 2D task (``tiles2d``) is built from the project's own real data: 32x32 tiles of the axial slices of the LiTS
 liver CT (:func:`nnunet_plugin.datasets.load_liver_ct`), labelled "contains tumour" (at least
 ``positive_fraction`` of the tile is tumour) or "no tumour" (no tumour voxel); tiles in between
 are left out as ambiguous. Every slice of that crop holds some tumour, so the task is tile-level.
@@ -8,6 +8,7 @@ Slices split by position along z (train below, test above, with a gap), so neigh
 nearly identical slices never fall on both sides. Each init gets the same model
 (``create_model(..., head="classifier")``: encoder + global pooling + linear layer), the same
 seeds, data order and schedule; the test AUC is compared with a paired t-test over seeds.
+The 3D task (``blocks3d``) asks the same of 32^3 blocks of the volume.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["TileTask", "liver_tumour_tiles", "roc_auc", "classify_compare"]
+__all__ = ["TileTask", "liver_tumour_tiles", "liver_tumour_blocks", "TASKS", "roc_auc",
+           "classify_compare"]
 
 
 @dataclass
@@ -65,6 +67,46 @@ def liver_tumour_tiles(cache_dir=None, *, tile: int = 32, slice_step: int = 2, s
     return TileTask(train_x, train_y, test_x, test_y, desc)
 
 
+def liver_tumour_blocks(cache_dir=None, *, block: int = 32, stride: int = 16, split_z: int = 64,
+                        gap: int = 16, positive_fraction: float = 0.05,
+                        normalization: dict | None = None) -> TileTask:
+    """The 3D version: ``block``^3 blocks (``stride`` apart) of the same CT, "contains tumour";
+    blocks starting below ``split_z - block`` train, those from ``split_z + gap`` on test."""
+    from nnunet_plugin.datasets import load_liver_ct
+    from nnunet_plugin.evaluation.intensity import fit_scaler
+
+    image, label = load_liver_ct(cache_dir)
+    z, h, w = image.shape
+    train_z = list(range(0, split_z - block + 1, stride))
+    test_z = list(range(split_z + gap, z - block + 1, stride))
+    scaler = fit_scaler(normalization, {"0": "CT"}, [image[None, :split_z]], [label[:split_z]])
+    scaled = scaler(image[None])[0]
+
+    def blocks(zs):
+        xs, ys = [], []
+        for z0 in zs:
+            for y0 in range(0, h - block + 1, stride):
+                for x0 in range(0, w - block + 1, stride):
+                    sl = (slice(z0, z0 + block), slice(y0, y0 + block), slice(x0, x0 + block))
+                    frac = float((label[sl] == 2).mean())
+                    if frac == 0 or frac >= positive_fraction:
+                        xs.append(scaled[sl])
+                        ys.append(int(frac > 0))
+        return np.stack(xs)[:, None].astype(np.float32), np.array(ys, dtype=np.int64)
+
+    train_x, train_y = blocks(train_z)
+    test_x, test_y = blocks(test_z)
+    desc = (f"LiTS liver CT img_117, {block}^3 blocks (stride {stride}), 'contains tumour' (>= "
+            f"{positive_fraction:.0%} tumour) vs none; train z0 {train_z[0]}..{train_z[-1]} "
+            f"({len(train_y)} blocks, {int(train_y.sum())} positive), test z0 {test_z[0]}..{test_z[-1]} "
+            f"({len(test_y)} blocks, {int(test_y.sum())} positive)")
+    return TileTask(train_x, train_y, test_x, test_y, desc)
+
+
+#: the tasks `rasd eval classify --task` offers
+TASKS = {"tiles2d": liver_tumour_tiles, "blocks3d": liver_tumour_blocks}
+
+
 def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
     """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties)."""
     from scipy.stats import rankdata
@@ -107,8 +149,8 @@ def _train_and_score(model, task: TileTask, *, seed: int, epochs: int, batch: in
     return roc_auc(score, task.test_y)
 
 
-def classify_compare(model_name: str, inits: Sequence[str], *, seeds: int = 3, epochs: int = 3,
-                     batch: int = 32, lr: float = 1e-3, cache_dir=None) -> dict[str, Any]:
+def classify_compare(model_name: str, inits: Sequence[str], *, task: str = "tiles2d", seeds: int = 3,
+                     epochs: int = 3, batch: int = 32, lr: float = 1e-3, cache_dir=None) -> dict[str, Any]:
     """Test AUC per init and seed, and each init's paired test against the first."""
     import torch
 
@@ -125,7 +167,7 @@ def classify_compare(model_name: str, inits: Sequence[str], *, seeds: int = 3, e
             built = build_model(model_name, init, 2, 1, head="classifier")
             key = repr(sorted(built.normalization.items()))
             if key not in tasks:
-                tasks[key] = liver_tumour_tiles(cache_dir, normalization=built.normalization)
+                tasks[key] = TASKS[task](cache_dir, normalization=built.normalization)
             aucs.append(_train_and_score(built.model, tasks[key], seed=seed, epochs=epochs,
                                          batch=batch, lr=lr))
             described = built.description
@@ -133,7 +175,7 @@ def classify_compare(model_name: str, inits: Sequence[str], *, seeds: int = 3, e
     reference = inits[0]
     for init in inits[1:]:
         results[init]["vs_" + reference] = paired_test(results[reference]["auc"], results[init]["auc"]).as_dict()
-    return {"task": next(iter(tasks.values())).description, "model": model_name, "seeds": seeds,
+    return {"task": next(iter(tasks.values())).description, "task_name": task, "model": model_name, "seeds": seeds,
             "epochs": epochs, "batch": batch, "lr": lr, "results": results,
             "wall_seconds": round(time.perf_counter() - t0, 1),
             "threads": torch.get_num_threads()}

@@ -362,16 +362,19 @@ def configure_classify(parser: argparse.ArgumentParser) -> None:
     """Image-level classification: pre-trained encoder + pooling + linear layer vs scratch.
 
     The task: 32x32 tiles of the LiTS liver CT's axial slices (fetched like `rasd eval datasets`),
-    "contains tumour" vs none, train and test slices apart along z. Every init trains the same
+    or 32^3 blocks of it (--task blocks3d), "contains tumour" vs none, train and test apart along z. Every init trains the same
     classifier (create_model(..., head="classifier")) with the same seeds and schedule; prints the
     test AUC per seed and a paired t-test against the first init.
 
-    Example:
+    Examples:
       rasd eval classify --model rasd2d_small --init scratch --init rasd2d_small --seeds 5
+      rasd eval classify --task blocks3d --model rasd3d_small --init scratch --init rasd3d_small
     """
     parser.add_argument("--model", required=True, help="architecture (e.g. rasd2d_small)")
     parser.add_argument("--init", action="append", required=True, dest="inits",
                         help="repeat for each init: scratch, a tag, hf-hub:ORG/REPO@REV or a folder")
+    parser.add_argument("--task", choices=("tiles2d", "blocks3d"), default="tiles2d",
+                        help="32x32 slice tiles (2D models, default) or 32^3 blocks (3D models)")
     parser.add_argument("--seeds", type=int, default=3, metavar="K", help="seeds 0..K-1 (default 3)")
     parser.add_argument("--epochs", type=int, default=5, help="passes over the training tiles (default 5)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
@@ -390,8 +393,8 @@ def run_classify(args) -> int:
     if args.seeds < 1 or args.epochs < 1 or args.batch < 2:
         raise RasdValueError("--seeds and --epochs must be at least 1, --batch at least 2")
     check_inits(args.inits)
-    report = classify_compare(args.model, args.inits, seeds=args.seeds, epochs=args.epochs,
-                              batch=args.batch, lr=args.lr)
+    report = classify_compare(args.model, args.inits, task=args.task, seeds=args.seeds,
+                              epochs=args.epochs, batch=args.batch, lr=args.lr)
     if args.out:
         write_json_atomic(args.out, report)
     if args.json:
