@@ -103,18 +103,23 @@ def test_rasd_hub_imports_neither_pretraining_nor_nnunet_plugin():
             assert not target.startswith(("pretraining", "nnunet_plugin")), f"{m}:{line} imports {target}"
 
 
+def _lines_matching(pattern: re.Pattern, allowed_module: str) -> list[str]:
+    """``file:line: text`` of every line of the three packages matching ``pattern``, outside
+    ``allowed_module``."""
+    found = []
+    for package in ("rasd_hub", "pretraining", "nnunet_plugin"):
+        for m, p in _modules(package).items():
+            if m != allowed_module:
+                found += [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+                          for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    return found
+
+
 def test_one_weights_source_resolver():
     """'is this an hf-hub repo, a folder or a registry name' is decided in rasd_hub._sources
     only: no other module tests a name for the hf-hub prefix or a path shape."""
-    pattern = re.compile(r"""startswith\(\s*["']hf-hub:|_looks_like_path""")
-    offenders = []
-    for package in ("rasd_hub", "pretraining", "nnunet_plugin"):
-        for m, p in _modules(package).items():
-            if m == "rasd_hub._sources":
-                continue
-            for i, line in enumerate(p.read_text().splitlines(), 1):
-                if pattern.search(line):
-                    offenders.append(f"{p.relative_to(ROOT)}:{i}: {line.strip()}")
+    offenders = _lines_matching(re.compile(r"""startswith\(\s*["']hf-hub:|_looks_like_path"""),
+                                "rasd_hub._sources")
     assert offenders == [], "weights names parsed outside rasd_hub._sources:\n" + "\n".join(offenders)
 
 
@@ -149,14 +154,7 @@ DEVICE_CHOICE = re.compile(r"""["']cuda["'] if torch\.cuda\.is_available\(\)""")
 
 def test_one_device_resolver():
     """Turning 'auto' / 'cuda' into a device happens in rasd_hub._device only."""
-    offenders = []
-    for package in ("rasd_hub", "pretraining", "nnunet_plugin"):
-        for m, p in _modules(package).items():
-            if m == "rasd_hub._device":
-                continue
-            for i, line in enumerate(p.read_text().splitlines(), 1):
-                if DEVICE_CHOICE.search(line):
-                    offenders.append(f"{p.relative_to(ROOT)}:{i}: {line.strip()}")
+    offenders = _lines_matching(DEVICE_CHOICE, "rasd_hub._device")
     assert offenders == [], "devices resolved outside rasd_hub._device:\n" + "\n".join(offenders)
 
 

@@ -32,6 +32,23 @@ class TileTask:
     description: str
 
 
+def _windows(scaled, label, z_starts, depth: int, size: int, stride: int, positive_fraction: float):
+    """(x (N, 1, [depth,] size, size), y): windows of ``depth`` slices from each z start, labelled
+    1 with >= ``positive_fraction`` tumour, 0 with none, left out in between."""
+    xs, ys = [], []
+    _, h, w = scaled.shape
+    for z0 in z_starts:
+        for y0 in range(0, h - size + 1, stride):
+            for x0 in range(0, w - size + 1, stride):
+                window = (slice(z0, z0 + depth), slice(y0, y0 + size), slice(x0, x0 + size))
+                frac = float((label[window] == 2).mean())
+                if frac == 0 or frac >= positive_fraction:
+                    xs.append(scaled[window])
+                    ys.append(int(frac > 0))
+    x = np.stack(xs).astype(np.float32)
+    return (x if depth > 1 else x[:, 0])[:, None], np.array(ys, dtype=np.int64)
+
+
 def liver_tumour_tiles(cache_dir=None, *, tile: int = 32, slice_step: int = 2, split_z: int = 80,
                        gap: int = 8, positive_fraction: float = 0.05, normalization: dict | None = None
                        ) -> TileTask:
@@ -41,25 +58,13 @@ def liver_tumour_tiles(cache_dir=None, *, tile: int = 32, slice_step: int = 2, s
     from nnunet_plugin.evaluation.intensity import fit_scaler
 
     image, label = load_liver_ct(cache_dir)
-    z, h, w = image.shape
+    z = image.shape[0]
     train_z = list(range(0, split_z, slice_step))
     test_z = list(range(split_z + gap, z, slice_step))
     scaler = fit_scaler(normalization, {"0": "CT"}, [image[train_z][None]], [label[train_z]])
-
-    def tiles(zs):
-        xs, ys = [], []
-        for k in zs:
-            img = scaler(image[k][None])[0]
-            for y0 in range(0, h - tile + 1, tile):
-                for x0 in range(0, w - tile + 1, tile):
-                    frac = float((label[k, y0:y0 + tile, x0:x0 + tile] == 2).mean())
-                    if frac == 0 or frac >= positive_fraction:
-                        xs.append(img[y0:y0 + tile, x0:x0 + tile])
-                        ys.append(int(frac > 0))
-        return np.stack(xs)[:, None].astype(np.float32), np.array(ys, dtype=np.int64)
-
-    train_x, train_y = tiles(train_z)
-    test_x, test_y = tiles(test_z)
+    scaled = scaler(image[None])[0]
+    train_x, train_y = _windows(scaled, label, train_z, 1, tile, tile, positive_fraction)
+    test_x, test_y = _windows(scaled, label, test_z, 1, tile, tile, positive_fraction)
     desc = (f"LiTS liver CT img_117, {tile}x{tile} axial tiles, 'contains tumour' (>= "
             f"{positive_fraction:.0%} tumour) vs none; train z {train_z[0]}..{train_z[-1]} step "
             f"{slice_step} ({len(train_y)} tiles, {int(train_y.sum())} positive), test z "
@@ -76,26 +81,13 @@ def liver_tumour_blocks(cache_dir=None, *, block: int = 32, stride: int = 16, sp
     from nnunet_plugin.evaluation.intensity import fit_scaler
 
     image, label = load_liver_ct(cache_dir)
-    z, h, w = image.shape
+    z = image.shape[0]
     train_z = list(range(0, split_z - block + 1, stride))
     test_z = list(range(split_z + gap, z - block + 1, stride))
     scaler = fit_scaler(normalization, {"0": "CT"}, [image[None, :split_z]], [label[:split_z]])
     scaled = scaler(image[None])[0]
-
-    def blocks(zs):
-        xs, ys = [], []
-        for z0 in zs:
-            for y0 in range(0, h - block + 1, stride):
-                for x0 in range(0, w - block + 1, stride):
-                    sl = (slice(z0, z0 + block), slice(y0, y0 + block), slice(x0, x0 + block))
-                    frac = float((label[sl] == 2).mean())
-                    if frac == 0 or frac >= positive_fraction:
-                        xs.append(scaled[sl])
-                        ys.append(int(frac > 0))
-        return np.stack(xs)[:, None].astype(np.float32), np.array(ys, dtype=np.int64)
-
-    train_x, train_y = blocks(train_z)
-    test_x, test_y = blocks(test_z)
+    train_x, train_y = _windows(scaled, label, train_z, block, block, stride, positive_fraction)
+    test_x, test_y = _windows(scaled, label, test_z, block, block, stride, positive_fraction)
     desc = (f"LiTS liver CT img_117, {block}^3 blocks (stride {stride}), 'contains tumour' (>= "
             f"{positive_fraction:.0%} tumour) vs none; train z0 {train_z[0]}..{train_z[-1]} "
             f"({len(train_y)} blocks, {int(train_y.sum())} positive), test z0 {test_z[0]}..{test_z[-1]} "
