@@ -130,9 +130,26 @@ class PretrainedCfg:
         """All fields as JSON values."""
         return _plain(asdict(self))
 
+    def timm_fields(self) -> dict[str, Any]:
+        """The fields under timm's names, for code that reads a pretrained config as a dict
+        (``timm.data.resolve_model_data_config``). ``mean`` / ``std`` are 0 / 1: the network
+        takes images already scaled as ``normalization`` says (into [0, 1], which timm's
+        ``ToTensor`` also does), not ImageNet-standardised ones."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        channels = self.in_chans or 1
+        out.update(mean=(0.0,) * channels, std=(1.0,) * channels, interpolation="bilinear",
+                   crop_pct=1.0, crop_mode="center", tag=self.tag, hf_hub_id=self.hf_hub_id)
+        return out
+
     def get(self, key: str, default: Any = None) -> Any:
-        """Dict-style access, for code (timm's data-config helpers) that treats it as a dict."""
-        return getattr(self, key, default) if key in {f.name for f in fields(self)} else default
+        """Dict-style access to :meth:`timm_fields`."""
+        return self.timm_fields().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.timm_fields()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.timm_fields()
 
     def rasd_config(self) -> dict[str, Any]:
         """The legacy ``rasd_config`` dict (a copy): the keys ``config.json`` and training

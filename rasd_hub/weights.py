@@ -294,15 +294,16 @@ def timm_pretrained_cfg(model, license: str) -> dict[str, Any]:
     pcfg = getattr(model, "pretrained_cfg", None)
     if pcfg is None:
         return {}
-    norm = pcfg.normalization or {}
     out: dict[str, Any] = {
         "input_size": list(pcfg.input_size), "min_input_size": pcfg.min_input_size,
         "input_divisor": pcfg.input_divisor, "num_classes": pcfg.num_classes,
         "first_conv": list(pcfg.first_conv), "classifier": pcfg.classifier,
         "license": license, "paper": pcfg.paper, "library": "rasd_hub",
     }
-    if "mean" in norm and "std" in norm:
-        out["mean"], out["std"] = [norm["mean"]] * pcfg.in_chans, [norm["std"]] * pcfg.in_chans
+    # timm applies (x - mean) / std after scaling into [0, 1]: the identity here, since the
+    # network saw [0, 1] images; the measured moments stay in config.json's "normalization"
+    out["mean"], out["std"] = [0.0] * pcfg.in_chans, [1.0] * pcfg.in_chans
+    out["interpolation"], out["crop_pct"] = "bilinear", 1.0
     return out
 
 

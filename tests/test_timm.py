@@ -170,6 +170,7 @@ def test_rasd_hub_push_round_trips_through_timms_hf_hub_loader(hub_server, hf_ca
     config = json.loads((tmp_path / "w" / "config.json").read_text())
     assert config["architecture"] == "rasd2d_small" and "model_args" in config
     assert config["pretrained_cfg"]["input_size"] == [1, 128, 128]
+    assert config["pretrained_cfg"]["mean"] == [0.0] and config["pretrained_cfg"]["std"] == [1.0]
     torch.save(model.state_dict(), tmp_path / "expected.pt")
     code = textwrap.dedent(f"""
         import json, sys, torch, timm
@@ -196,3 +197,15 @@ def test_rasd_hub_push_round_trips_through_timms_hf_hub_loader(hub_server, hf_ca
     assert same and again and classes == 2
     assert source == pushed["pin"] and revision == pushed["commit"]
     assert blob == pushed["sha256"]["model.safetensors"]
+
+
+def test_timms_data_config_reads_the_pretrained_cfg():
+    """timm's data helpers read the frozen config as a dict: no ImageNet moments (the network takes
+    [0, 1] images; the measured moments stay in normalization)."""
+    from timm.data import resolve_model_data_config
+
+    model = timm.create_model("rasd2d_small", pretrained=True)
+    data = resolve_model_data_config(model)
+    assert data["input_size"] == (1, 128, 128) and data["mean"] == (0.0,) and data["std"] == (1.0,)
+    assert model.pretrained_cfg["normalization"]["mean"] == 0.5238
+    assert resolve_model_data_config(timm.create_model("rasd3d_small"))["input_size"] == (1, 64, 64, 64)
