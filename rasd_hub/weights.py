@@ -307,22 +307,23 @@ def timm_pretrained_cfg(model, license: str) -> dict[str, Any]:
     return out
 
 
-_TEMPLATE = """\
+#: the card body (Jinja, rendered by huggingface_hub.ModelCard.from_template)
+_CARD_TEMPLATE = """\
 ---
-{front}
+{{ card_data }}
 ---
 
-# {title}
+# {{ title }}
 
-{description}
+{{ description }}
 
 | | |
 | --- | --- |
-| architecture | `{architecture}` ({dims}D, {params} parameters) |
-| input | {in_chans} channel(s), spatial sizes multiples of {divisor} (at least {min_size}) |
-| output | {out} channels{out_note} |
-| intensity normalisation | {norm} |
-| licence | {license} |
+| architecture | `{{ architecture }}` ({{ dims }}D, {{ params }} parameters) |
+| input | {{ in_chans }} channel(s), spatial sizes multiples of {{ divisor }} (at least {{ min_size }}) |
+| output | {{ out }} channels{{ out_note }} |
+| intensity normalisation | {{ norm }} |
+| licence | {{ license }} |
 
 ## Intended use
 
@@ -334,18 +335,21 @@ disentangling learning) and has never seen a real patient image.
 
 **Synthetic only**: random label maps and images generated on the fly; no real or patient data.
 
-{provenance}
+{{ provenance }}
 
 ## How to fine-tune
 
 ```python
 import rasd_hub
 
-model = rasd_hub.create_model("{load_name}", pretrained=True, num_classes=NUM_CLASSES)
-# in_chans=4 adapts the stem for multi-channel inputs (e.g. MRI sequences)
+model = rasd_hub.create_model("{{ load_name }}", pretrained=True, num_classes=NUM_CLASSES)
+# in_chans=4 adapts the stem for multi-channel inputs (e.g. MRI sequences);
+# head="classifier" pools the encoder into a linear layer for image-level labels
 ```
 
-or with nnU-Net v2: `rasd nnunet plan -d DATASET --weights {load_name}`, then
+From timm (after `import rasd_hub`): `timm.create_model("{{ load_name }}", pretrained=True)`.
+
+or with nnU-Net v2: `rasd nnunet plan -d DATASET --weights {{ load_name }}`, then
 `nnUNetv2_train DATASET CONFIG FOLD -p RaSDPlans -tr RaSDTrainer`.
 
 ## Limitations
@@ -359,23 +363,23 @@ own data.
 def model_card(
     config: Mapping[str, Any], *, description: str | None = None, load_name: str | None = None
 ) -> str:
-    """The ``README.md`` model card (YAML front matter + body) for a weights ``config``."""
-    import yaml  # PyYAML ships with huggingface_hub's dependencies
+    """The ``README.md`` model card for a weights ``config``: front matter from
+    ``huggingface_hub.ModelCardData``, body rendered by ``ModelCard.from_template``."""
+    from huggingface_hub import ModelCard, ModelCardData
 
     arch = config["architecture"]
     dims = config.get("spatial_dims")
     tags = ["rasd", "medical-imaging", "image-segmentation", "synthetic-data", "pytorch",
             "safetensors", "monai", f"{dims}d", arch]
-    front: dict[str, Any] = {"license": config.get("license", "apache-2.0"), "library_name": "rasd-hub",
-                             "tags": tags, "pipeline_tag": "image-segmentation"}
-    if config.get("base_model"):
-        front["base_model"] = config["base_model"]
+    license = config.get("license", "apache-2.0")
+    card_data = ModelCardData(license=license, library_name="rasd-hub", tags=tags,
+                              pipeline_tag="image-segmentation", base_model=config.get("base_model"))
     prov = config.get("provenance") or {}
     prov_md = "Provenance:\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in prov.items()) if prov else ""
     norm = config.get("normalization") or {}
     out = config.get("out_channels")
-    return _TEMPLATE.format(
-        front=yaml.safe_dump(front, sort_keys=False).strip(),
+    card = ModelCard.from_template(
+        card_data, template_str=_CARD_TEMPLATE,
         title=f"RaSD {arch}",
         description=description or f"`{arch}` pre-trained on purely synthetic data with RaSD.",
         architecture=arch, dims=dims,
@@ -385,6 +389,7 @@ def model_card(
         out="features" if config.get("features_only") else out,
         out_note=" (the pre-training embedding)" if out == 32 and not config.get("base_model") else "",
         norm=norm.get("description", norm.get("method", "see config.json")),
-        license=front["license"], provenance=prov_md,
+        license=license, provenance=prov_md,
         load_name=load_name or config.get("hub_id") or "hf-hub:ORG/REPO",
     )
+    return str(card)
