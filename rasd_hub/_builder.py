@@ -10,15 +10,13 @@ pinned to a commit and cached), the Hub.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from rasd_hub._io import sha256_file
 from rasd_hub._manipulate import adapt_state_dict, set_pretrained_source
 from rasd_hub._registry import get_arch, get_pretrained_cfg
 from rasd_hub._sources import (
-    HF_HUB_PREFIX, HubRef, LocalRef, RegistryRef, architecture_of, local_source, parse_weights_ref,
-    resolve_ref,
+    HF_HUB_PREFIX, HubRef, LocalRef, architecture_of, local_source, parse_weights_ref, resolve_ref,
 )
 from rasd_hub._validate import check_model_args
 from rasd_hub.errors import RasdValueError, WeightsFormatError

@@ -10,7 +10,6 @@ message. Intentional changes (a new head for ``num_classes``, adapted stem weigh
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
