@@ -86,7 +86,7 @@ def save_random_weights(architecture: str, out_dir, seed: int = 0,
     torch.manual_seed(seed)
     model = rasd_hub.create_model(architecture)
     if normalization is not None:
-        model.rasd_config["normalization"] = dict(normalization)
+        rasd_hub.set_normalization(model, normalization)
     rasd_hub.save_pretrained(model, out_dir, provenance={"note": "random weights for tests",
                                                          "seed": seed})
     return Path(out_dir)

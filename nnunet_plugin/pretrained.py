@@ -19,9 +19,7 @@ and classes and copies that state into nnU-Net's network.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from nnunet_plugin.errors import WeightsMismatchError
@@ -40,11 +38,6 @@ HINT = ("Weights are a registry name from `rasd hub list --pretrained`, hf-hub:O
         "plan -d DATASET --weights W`; RaSDTrainerFromScratch trains the same plans without weights.")
 
 
-def _looks_like_path(source: str) -> bool:
-    return (os.sep in source or "/" in source or source.startswith((".", "~"))) and \
-        not source.startswith("hf-hub:")
-
-
 @dataclass
 class PretrainedWeights:
     """Weights resolved and adapted to one dataset, held until the trainer copies them."""
@@ -56,18 +49,6 @@ class PretrainedWeights:
 
     def describe(self) -> str:
         return f"{self.identity['source']} sha256 {self.identity['sha256']}"
-
-
-def _canonical_source(requested: str, label: str) -> tuple[str, str | None]:
-    """(a source string that resolves to the same weights again, the Hub commit or None)."""
-    if requested.startswith("hf-hub:"):
-        commit = label.rpartition("@")[2]
-        return label, commit
-    if _looks_like_path(requested) or Path(requested).expanduser().is_dir():
-        return str(Path(requested).expanduser().resolve()), None
-    from rasd_hub.pretrained import get_pretrained_cfg
-
-    return get_pretrained_cfg(requested).name, None
 
 
 def load_weights(source: str, in_chans: int, num_classes: int | None) -> PretrainedWeights:
@@ -88,11 +69,12 @@ def load_weights(source: str, in_chans: int, num_classes: int | None) -> Pretrai
         err.add_note(HINT)
         raise
     config = dict(model.rasd_config)
-    canonical, commit = _canonical_source(source, config["pretrained"]["source"])
-    identity = {"requested": source, "source": canonical, "architecture": config["architecture"],
-                "sha256": config["pretrained"]["sha256"]}
-    if commit:
-        identity["revision"] = commit
+    # rasd_hub's resolver records a name that resolves to these weights again: the default tag
+    # spelt out, a folder's absolute path, an hf-hub name with the commit it resolved to
+    identity = {"requested": source, "source": model.pretrained_cfg.weights_ref,
+                "architecture": config["architecture"], "sha256": config["pretrained"]["sha256"]}
+    if model.pretrained_cfg.revision:
+        identity["revision"] = model.pretrained_cfg.revision
     report = getattr(model, "load_report", None)
     return PretrainedWeights(identity, config, model.state_dict(),
                              report.summary() if report is not None else "")

@@ -29,18 +29,15 @@ import torch
 import torch.distributed as dist
 
 from pretraining.errors import PretrainingError
+from rasd_hub._device import resolve_device as resolve_project_device
 
 __all__ = ["DistContext", "init_distributed", "resolve_device"]
 
 
 def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this rank's GPU if there is one, else the CPU. ``cuda`` picks the local rank's GPU."""
-    if requested in ("auto", "", None):
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    return device
+    """``auto``: this rank's GPU if there is one, else the CPU. ``cuda`` picks the local rank's GPU
+    (rasd_hub's resolver, the project's only one)."""
+    return resolve_project_device(requested, local_rank=local_rank)
 
 
 @dataclass

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pretraining.pdl import prototype_assignments
 from rasd_hub._io import atomic_path
 
-__all__ = ["save_preview", "PALETTE"]
+__all__ = ["save_preview", "save_prototype_preview", "PALETTE"]
 
 # distinct colours for up to 20 classes (cycled beyond)
 PALETTE = np.array([
@@ -87,3 +88,17 @@ def save_preview(
     with atomic_path(path) as tmp:  # a run killed while saving keeps the previous picture
         picture.save(tmp, format="PNG")
     return path
+
+
+def save_prototype_preview(model, image: torch.Tensor, label: torch.Tensor, config, path: Path,
+                           autocast) -> Path:
+    """The preview of the model's prototype assignments on (at most four of) ``image`` / ``label``.
+    Uses no randomness and changes no state (the training mode is restored), so it does not
+    disturb exact resume. ``autocast``: a callable giving the run's autocast context."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast():
+        features = model(image[:4])
+    model.train(was_training)
+    assigned = prototype_assignments(features, label[:4], config.num_classes, config.pdl.normalize)
+    return save_preview(path, image[:4], label[:4], assigned)

@@ -1,5 +1,11 @@
 """The pre-training loop: PDL on online synthetic batches, one process or many (``torchrun``).
 
+Parts, one job each: this module (the model, data source, optimiser, training step and loop, and
+:func:`run_pretraining`), :mod:`pretraining.run_state` (what a checkpoint holds, saving, choosing
+and restoring the one to resume), :mod:`pretraining.schedule` (warm-up + cosine, new settings on
+resume), :mod:`pretraining.signals` (SIGTERM/SIGINT -> checkpoint and stop),
+:mod:`pretraining.preview` (the PNGs), ``rasd_hub.convert.export_checkpoint`` (the export).
+
 :func:`run_pretraining` is what ``rasd pretrain`` and ``python -m pretraining`` call. One
 :class:`Trainer` per process: it builds the model with ``rasd_hub.create_model`` (or an injected
 factory), its rank's synthetic stream, AdamW with an optional warm-up + cosine schedule, and
@@ -28,10 +34,7 @@ from __future__ import annotations
 import gc
 import math
 import signal
-import sys
-import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,36 +42,25 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pretraining.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CheckpointUnreadableError,
-    capture_rng_state,
-    list_checkpoints,
-    load_checkpoint,
-    prune_checkpoints,
-    remove_stale_writes,
-    restore_rng_state,
-    save_checkpoint,
-    scan_checkpoints,
-    set_aside,
-)
-from pretraining.config import IDENTITY_KEYS, TrainConfig
+from pretraining.checkpoint import list_checkpoints, remove_stale_writes
+from pretraining.config import TrainConfig
 from pretraining.distributed import DistContext, init_distributed
-from pretraining.errors import (
-    NonFiniteLossError,
-    PretrainingError,
-    ResumeMismatchError,
-    TrainingInterrupted,
-)
+from pretraining.errors import NonFiniteLossError, PretrainingError, TrainingInterrupted
 from pretraining.metrics import MetricsLog
-from pretraining.pdl import pdl_loss, prototype_assignments
+from pretraining.pdl import pdl_loss
+from pretraining.preview import save_prototype_preview
+from pretraining.run_state import CheckpointedRun
+from pretraining.schedule import lr_factor, make_scheduler
+from pretraining.signals import StopSignals
 from pretraining.sources import (
     BatchSource, OfflinePool, online_source, pool_identity, prepare_pool,
     synthetic_intensity_moments,
 )
 from rasd_hub._io import remove_stale_temporaries
+from rasd_hub._manipulate import set_normalization
 from rasd_hub.errors import RasdValueError
 
+# lr_factor is re-exported: the schedule used to live here
 __all__ = ["Trainer", "RunResult", "StepResult", "run_pretraining", "hub_model", "lr_factor"]
 
 ModelFactory = Callable[[TrainConfig], nn.Module]
@@ -80,18 +72,6 @@ def hub_model(config: TrainConfig) -> nn.Module:
     from rasd_hub import create_model
 
     return create_model(config.architecture, in_chans=1, **config.model_kwargs)
-
-
-def lr_factor(step: int, config: TrainConfig) -> float:
-    """Multiplier of the base lr after ``step`` scheduler steps: linear warm-up over
-    ``warmup_steps``, then constant or cosine decay to ``min_lr_ratio`` at ``config.steps``."""
-    warmup = config.warmup_steps
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if config.schedule == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, config.steps - warmup))
-        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0
 
 
 @dataclass
@@ -122,34 +102,12 @@ class RunResult:
     rank: int = 0
 
 
-class _SignalCatcher:
-    """Turns SIGTERM/SIGINT into a flag the loop polls once per step (a preempted job gets to write
-    a checkpoint). A second SIGINT interrupts at once. Only installable in the main thread."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-
-class Trainer:
-    """One process's share of a pre-training run. Collective methods (``checkpoint_state``,
-    ``save``, ``fit``) must be called on every rank."""
+class Trainer(CheckpointedRun):
+    """One process's share of a pre-training run: model, data source, optimiser, the training
+    step and loop. Checkpoints and resume are :class:`~pretraining.run_state.CheckpointedRun`'s,
+    the schedule :mod:`pretraining.schedule`'s, previews :mod:`pretraining.preview`'s, stop
+    signals :mod:`pretraining.signals`'. Collective methods (``checkpoint_state``, ``save``,
+    ``resume``, ``fit``) must be called on every rank."""
 
     def __init__(
         self,
@@ -192,9 +150,9 @@ class Trainer:
             # Fine-tuning maps real intensities onto the moments the network sees here
             # (nnunet_plugin.normalization), so checkpoints and exports state them, measured.
             mean, std = synthetic_intensity_moments(config, device=self.device)
-            model_config["normalization"].update(
-                mean=round(mean, 4), std=round(std, 4),
-                moments="measured on synthetic images of this run's synthesis preset")
+            set_normalization(self.model, dict(
+                model_config["normalization"], mean=round(mean, 4), std=round(std, 4),
+                moments="measured on synthetic images of this run's synthesis preset"))
         # per-rank stream for anything random inside the model (dropout, drop path)
         torch.manual_seed(config.seed + self.ctx.rank)
 
@@ -203,9 +161,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, config)
-        )
+        self.scheduler = make_scheduler(self.optimizer, config)
         self.step = 0
         self.nonfinite_steps = 0
         self.resumed_from: int | None = None
@@ -240,159 +196,6 @@ class Trainer:
         self.pool_info = self.ctx.on_main(fill)
         return OfflinePool(Path(config.offline_pool), self.device, self.ctx.rank,
                            self.ctx.world_size)
-
-    # ---------------------------------------------------------------- checkpoints
-    def checkpoint_state(self) -> dict[str, Any] | None:
-        """The full training state (collective: gathers every rank's RNG and stream state);
-        the dict on rank 0, None elsewhere."""
-        rng = capture_rng_state(self.source.state_dict())
-        all_rng = self.ctx.all_gather_object(rng)
-        if not self.ctx.is_main:
-            return None
-        return {
-            "format_version": CHECKPOINT_FORMAT,
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "model_config": dict(getattr(self.model, "rasd_config", {}) or {}),
-            "provenance": self.provenance(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": {"world_size": self.ctx.world_size, "ranks": all_rng},
-            "run_config": self.config.to_dict(),
-            "nonfinite_steps": self.nonfinite_steps,
-        }
-
-    def provenance(self) -> dict[str, Any]:
-        try:
-            from importlib.metadata import version
-
-            code_version = version("rasd-hub")
-        except Exception:
-            code_version = "unknown"
-        c = self.config
-        return {
-            "preset": c.preset,
-            "step": self.step,
-            "seed": c.seed,
-            "batch_size": self.batch_per_rank * self.ctx.world_size,
-            "world_size": self.ctx.world_size,
-            "device": _device_name(self.device),
-            "precision": "bf16" if self.use_bf16 else "fp32",
-            "num_classes": c.num_classes,
-            "size": list(c.spatial_shape()),
-            "synthesis": c.synthesis,
-            "loss": "PDL",
-            "pdl": c.to_dict()["pdl"],
-            # training wall time of all launches of this run (resumed ones add to it)
-            "wall_seconds": round(self._wall_before + self._wall_seconds, 1),
-            "code_version": f"rasd-hub {code_version}",
-            "data": "purely synthetic (RaSD randomized synthesis); no real images",
-        }
-
-    def save(self) -> Path | None:
-        """Write a checkpoint of the current step (rank 0); every rank waits for it and every
-        rank raises :class:`CheckpointWriteError` if it could not be written."""
-        state = self.checkpoint_state()
-        path = self.ctx.on_main(lambda: save_checkpoint(
-            state, self.checkpoint_dir, self.step, keep=self.config.keep_checkpoints))
-        self.last_checkpoint = path
-        return path
-
-    def resume(self) -> int | None:
-        """Restore the newest checkpoint of ``OUT/checkpoints`` that loads; None if there are no
-        checkpoint files (a fresh start). Refuses (:class:`CheckpointUnreadableError`) when there
-        are files but none loads; unreadable files newer than the one resumed are set aside."""
-
-        def choose():
-            scan = scan_checkpoints(self.checkpoint_dir)
-            if scan.path is None:
-                if scan.unreadable:
-                    raise CheckpointUnreadableError(scan.refusal(self.checkpoint_dir))
-                return None, None
-            for path, why in scan.unreadable:
-                kept = set_aside(path)
-                self._note(f"skipped unreadable checkpoint {path.name} ({why}); kept as "
-                           f"{kept.name}", event="unreadable_checkpoint", file=kept.name)
-            # a run killed between writing a checkpoint and pruning the old ones prunes now
-            prune_checkpoints(self.checkpoint_dir, int(scan.state["step"]),
-                              self.config.keep_checkpoints)
-            return str(scan.path), scan.state
-
-        found = self.ctx.on_main(choose, share=lambda value: value[0])
-        path = found[0] if self.ctx.is_main else found
-        if path is None:
-            return None
-        # every rank reads the file itself (multi-node runs need OUT on a shared file system)
-        state = found[1] if self.ctx.is_main else load_checkpoint(Path(path))
-        self.load_state(state, source=path)
-        self.resumed_from = self.step
-        self.last_checkpoint = Path(path)
-        self._note(f"resuming from {path} (step {self.step})", event="resume", checkpoint=path)
-        return self.step
-
-    def _note(self, message: str, event: str, **fields) -> None:
-        """Tell the user (rank 0, stderr) and record the event for metrics.jsonl."""
-        if self.ctx.is_main:
-            print(f"rasd pretrain: {message}", file=sys.stderr, flush=True)
-            self.events.append({"event": event, **fields})
-
-    def load_state(self, state: dict[str, Any], source: str = "checkpoint") -> None:
-        theirs = _identity_of(state["run_config"])
-        ours = self.config.identity()
-        if theirs != ours:
-            diff = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs this run {ours[k]!r}"
-                             for k in ours if theirs.get(k) != ours[k])
-            raise ResumeMismatchError(
-                f"{source} belongs to a different run ({diff}); resume with the same preset and "
-                "model settings, or choose another --out directory"
-            )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
-        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
-        self._wall_before = float(state["provenance"].get("wall_seconds", 0.0))
-        self._apply_optimizer_settings(state, source)
-        ranks = state["rng"]["ranks"]
-        if len(ranks) == self.ctx.world_size:
-            restore_rng_state(ranks[self.ctx.rank])
-            if ranks[self.ctx.rank].get("stream") is not None:
-                self.source.load_state_dict(ranks[self.ctx.rank]["stream"])
-        else:
-            warnings.warn(
-                f"{source} was written by {len(ranks)} ranks, this run has "
-                f"{self.ctx.world_size}: weights and optimiser resume exactly, the synthesis "
-                "streams start afresh from the seed", stacklevel=2,
-            )
-
-    def _apply_optimizer_settings(self, state: dict[str, Any], source: str) -> None:
-        """The optimiser and scheduler state restore the learning rate and weight decay of the
-        checkpoint's run; this run's values (``--lr``, warm-up, schedule, ``--steps``, weight
-        decay) apply from the resumed step on, and a change is reported. When nothing changed the
-        values are already identical and nothing is touched, so exact resume holds."""
-        base, decay = self.config.lr, self.config.weight_decay
-        current = base * lr_factor(self.step, self.config)  # what LambdaLR computes at this step
-        groups = self.optimizer.param_groups
-        before = dict(lr=groups[0]["lr"], weight_decay=groups[0]["weight_decay"],
-                      base_lr=groups[0].get("initial_lr"))
-        if all(g["lr"] == current and g.get("initial_lr") == base and g["weight_decay"] == decay
-               for g in groups):
-            return
-        for group in groups:
-            group.update(initial_lr=base, lr=current, weight_decay=decay)
-        self.scheduler.base_lrs = [base] * len(groups)
-        self.scheduler._last_lr = [current] * len(groups)
-        changes = []
-        if before["base_lr"] != base:
-            changes.append(f"lr {before['base_lr']:g} -> {base:g}")
-        if before["lr"] != current:
-            changes.append(f"learning rate at step {self.step} {before['lr']:.4g} -> {current:.4g}")
-        if before["weight_decay"] != decay:
-            changes.append(f"weight decay {before['weight_decay']:g} -> {decay:g}")
-        self._note(f"resuming {source} with this launch's optimiser settings ({'; '.join(changes)}), "
-                   f"from step {self.step} on", event="optimizer_settings_changed",
-                   lr=[before["base_lr"], base], weight_decay=[before["weight_decay"], decay],
-                   lr_at_step=[before["lr"], current])
 
     # ---------------------------------------------------------------- training
     def autocast(self):
@@ -432,16 +235,8 @@ class Trainer:
         and changes no state, so it does not disturb exact resume."""
         if not (self.ctx.is_main and self.config.preview):
             return None
-        from pretraining.preview import save_preview
-
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad(), self.autocast():
-            features = self.model(image[:4])
-        self.model.train(was_training)
-        assigned = prototype_assignments(features, label[:4], self.config.num_classes,
-                                         self.config.pdl.normalize)
-        return save_preview(self.out_dir / name, image[:4], label[:4], assigned)
+        return save_prototype_preview(self.model, image, label, self.config, self.out_dir / name,
+                                      autocast=self.autocast)
 
     def fit(self) -> RunResult:
         """Train until ``config.steps``; collective."""
@@ -463,7 +258,7 @@ class Trainer:
         checkpoint = None
         image = label = None
         try:
-            with _SignalCatcher() as signals:
+            with StopSignals() as signals:
                 while self.step < config.steps:
                     t0 = time.perf_counter()
                     image, label = next(self.source)
@@ -547,16 +342,6 @@ class Trainer:
             return export_checkpoint(self.last_checkpoint, self.out_dir / "export")
 
         return self.ctx.on_main(write)
-
-
-def _identity_of(run_config: dict[str, Any]) -> dict[str, Any]:
-    return {k: run_config.get(k) for k in IDENTITY_KEYS}
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return device.type
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

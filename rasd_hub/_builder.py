@@ -1,79 +1,34 @@
-"""``create_model`` and ``load``: resolve a name to an architecture and (optionally) weights.
+"""``create_model`` and ``load``: a name to an architecture and (optionally) verified weights.
 
 Names: ``arch`` (registered architecture), ``arch.tag`` (pretrained config), ``hf-hub:ORG/REPO[@REV]``
-(any Hub repo in our format) or a local weights directory. ``pretrained`` is ``False``, ``True``
-or a path (weights directory or ``.safetensors`` file). Resolution order for weights: an explicit
-file/directory, the local Hub cache (no network when pinned to a commit and cached), the Hub.
+(any Hub repo in our format) or a local weights directory (``rasd_hub._sources`` decides which).
+``pretrained`` is ``False``, ``True`` or a path (weights directory or ``.safetensors`` file).
+Resolution order for weights: an explicit file/directory, the local Hub cache (no network when
+pinned to a commit and cached), the Hub.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from rasd_hub.errors import (
-    ChecksumMismatchError, RasdValueError, UnknownModelError, WeightsFormatError,
-    WeightsNotFoundError,
+from rasd_hub._io import sha256_file
+from rasd_hub._manipulate import adapt_state_dict, set_pretrained_source
+from rasd_hub._registry import get_arch, get_pretrained_cfg
+from rasd_hub._sources import (
+    HF_HUB_PREFIX, HubRef, LocalRef, architecture_of, local_source, parse_weights_ref, resolve_ref,
 )
+from rasd_hub._validate import check_model_args
+from rasd_hub.errors import RasdValueError, WeightsFormatError
+from rasd_hub.models.classifier import RasdClassifier
+from rasd_hub.weights import WeightsSource, load_state_dict_checked, load_weights_file
 
-__all__ = ["create_model", "load", "resolve_weights", "WeightsSource", "HF_HUB_PREFIX"]
+__all__ = ["create_model", "load", "resolve_weights", "build_model", "load_into", "WeightsSource",
+           "HF_HUB_PREFIX", "HEADS"]
 
-HF_HUB_PREFIX = "hf-hub:"
-
-
-@dataclass
-class WeightsSource:
-    """Resolved weights: their config and a local safetensors file."""
-
-    config: dict[str, Any] | None
-    weights_file: Path | None
-    label: str
-    expected_sha256: str | None = None  # still to check before use
-    verified_sha256: str | None = None  # already checked (by the Hub layer)
-
-
-def _looks_like_path(name: str) -> bool:
-    """A name that can only be a file system path (registry names have no slashes and never
-    start with a dot or ``~``)."""
-    return "/" in name or os.sep in name or name.startswith((".", "~"))
-
-
-def _parse_hub(name: str) -> tuple[str, str | None]:
-    repo = name[len(HF_HUB_PREFIX):]
-    repo, _, rev = repo.partition("@")
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise RasdValueError(f"{name!r}: expected hf-hub:ORG/REPO or hf-hub:ORG/REPO@REVISION")
-    return repo, (rev or None)
-
-
-def _local_source(path: str | os.PathLike, *, need_weights: bool = True) -> WeightsSource:
-    from rasd_hub.weights import WEIGHTS_NAME, read_config
-
-    p = Path(path).expanduser()
-    if p.is_dir():
-        config = read_config(p)
-        wf = p / config.get("weights", {}).get("file", WEIGHTS_NAME)
-        if need_weights and not wf.is_file():
-            raise WeightsFormatError(f"{p} has a config.json but no {wf.name}; re-export the weights")
-        return WeightsSource(config, wf, str(p), expected_sha256=config.get("weights", {}).get("sha256"))
-    if p.is_file():
-        if p.suffix != ".safetensors":
-            raise WeightsFormatError(
-                f"{p}: rasd_hub loads only safetensors weights (never pickles). Convert a .pth/.pt "
-                f"file with `rasd hub convert {p.name} OUTDIR --arch ARCH` or export a training "
-                f"checkpoint with `rasd hub export {p.name} OUTDIR`."
-            )
-        config = None
-        if (p.parent / "config.json").is_file():
-            config = read_config(p.parent)
-        return WeightsSource(config, p, str(p))
-    kind = "file" if p.suffix == ".safetensors" else "directory"
-    raise WeightsNotFoundError(
-        f"{str(path)!r}: no such {kind} ({p.resolve()}). Check the path; a weights folder holds "
-        "model.safetensors, config.json and README.md (write one with `rasd hub export` or "
-        "rasd_hub.save_pretrained).")
+#: ``head=`` values: ``None`` keeps the architecture's dense output, ``"classifier"`` pools the
+#: encoder's deepest map into a linear layer (:class:`rasd_hub.models.RasdClassifier`)
+HEADS = (None, "classifier")
 
 
 def resolve_weights(
@@ -85,45 +40,18 @@ def resolve_weights(
 
     With ``need_weights=False`` an ``hf-hub:`` name or a directory only provides the config.
     """
-    from rasd_hub._registry import get_arch, is_architecture, list_architectures, suggest
-    from rasd_hub.pretrained import get_pretrained_cfg, list_pretrained
-
-    if isinstance(name, os.PathLike):
-        name = os.fspath(name)
-    if not isinstance(name, str) or not name:
-        raise RasdValueError(f"model name must be a non-empty string, got {name!r}")
+    ref = parse_weights_ref(name)
     explicit = pretrained if isinstance(pretrained, (str, os.PathLike)) else None
-
-    if name.startswith(HF_HUB_PREFIX):
-        from rasd_hub.hub import fetch_weights
-
-        repo, rev = _parse_hub(name)
+    if isinstance(ref, (HubRef, LocalRef)):
         if explicit is not None:
-            raise RasdValueError(f"{name}: give either an hf-hub name or a pretrained path, not both")
-        src = fetch_weights(repo, rev, offline=offline, cache_dir=cache_dir, endpoint=endpoint,
-                            weights=need_weights)
-        return src.config["architecture"], src
-    if _looks_like_path(name) or (Path(name).is_dir() and not is_architecture(name)):
-        if explicit is not None:
-            raise RasdValueError(f"{name}: give either a weights folder or a pretrained path, not both")
-        src = _local_source(name, need_weights=need_weights)
-        if src.config is None:  # a bare .safetensors file: nothing says what to build
-            raise WeightsFormatError(
-                f"{name} is a weights file without a config.json beside it; pass the "
-                f"architecture: create_model(ARCH, pretrained={name!r})")
-        return src.config["architecture"], src
-
-    arch, _, tag = name.partition(".")
-    if not is_architecture(arch):
-        candidates = list_architectures() + list_pretrained()
-        raise UnknownModelError(
-            f"unknown model {name!r} (and there is no folder of that name here).{suggest(name, candidates)} "
-            "Run `rasd hub list` for the registered models; load Hub repos as "
-            "'hf-hub:ORG/REPO[@REV]' and local weights by folder path (e.g. ./weights)."
-        )
-    get_arch(arch)
+            kind = "an hf-hub name" if isinstance(ref, HubRef) else "a weights folder"
+            raise RasdValueError(f"{name}: give either {kind} or a pretrained path, not both")
+        src = resolve_ref(ref, offline=offline, cache_dir=cache_dir, endpoint=endpoint,
+                          need_weights=need_weights)
+        return architecture_of(ref, src), src
+    arch = ref.architecture
     if explicit is not None:
-        src = _local_source(explicit)
+        src = local_source(explicit)
         if src.config and src.config["architecture"] != arch:
             raise WeightsFormatError(
                 f"weights in {explicit} are for {src.config['architecture']!r}, not {arch!r}; "
@@ -131,43 +59,10 @@ def resolve_weights(
             )
         return arch, src
     if not pretrained:
-        if tag:
-            get_pretrained_cfg(name)  # a bad tag is an error even without weights
+        if ref.tag:
+            get_pretrained_cfg(str(ref))  # a bad tag is an error even without weights
         return arch, None
-    cfg = get_pretrained_cfg(name)  # raises with instructions when no weights exist
-    return arch, _source_from_cfg(cfg, offline=offline, cache_dir=cache_dir, endpoint=endpoint)
-
-
-def _source_from_cfg(cfg, *, offline, cache_dir, endpoint) -> WeightsSource:
-    if cfg.file:
-        import rasd_hub
-
-        src = _local_source(Path(rasd_hub.__file__).parent / cfg.file)
-    elif cfg.path:
-        src = _local_source(cfg.path)
-    else:
-        from rasd_hub.hub import fetch_weights
-
-        src = fetch_weights(cfg.hf_hub_id, cfg.revision, sha256=cfg.sha256, offline=offline,
-                            cache_dir=cache_dir, endpoint=endpoint)
-    pinned = cfg.sha256.get("model.safetensors")
-    if pinned:
-        recorded = ((src.config or {}).get("weights") or {}).get("sha256")
-        if recorded and recorded != pinned:  # as the Hub path refuses (rasd_hub.hub.fetch_weights)
-            raise ChecksumMismatchError(
-                f"{cfg.name}: {src.label}/config.json records sha256 {recorded} for "
-                f"model.safetensors but {cfg.name} is pinned to {pinned}; the folder is not the "
-                "pinned weights (replaced or re-exported). Restore the pinned weights or register "
-                "the new ones under a new tag.",
-                filename="model.safetensors", expected=pinned, actual=recorded)
-        if src.verified_sha256 and src.verified_sha256 != pinned:
-            raise ChecksumMismatchError(
-                f"{cfg.name}: model.safetensors has sha256 {src.verified_sha256}, pinned {pinned}",
-                filename="model.safetensors", expected=pinned, actual=src.verified_sha256)
-        if not src.verified_sha256:
-            src.expected_sha256 = pinned
-    src.label = f"{cfg.name} ({src.label})"
-    return src
+    return arch, resolve_ref(ref, offline=offline, cache_dir=cache_dir, endpoint=endpoint)
 
 
 def create_model(
@@ -177,6 +72,9 @@ def create_model(
     in_chans: int | None = None,
     features_only: bool = False,
     *,
+    head: str | None = None,
+    out_indices=None,
+    drop_rate: float = 0.0,
     strict: bool = True,
     offline: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -190,12 +88,17 @@ def create_model(
         pretrained: ``True`` loads the name's weights; a path loads that weights directory or
             ``.safetensors`` file; ``False`` builds with random weights (the architecture's
             arguments still come from the weights' config for hf-hub names and directories).
-        num_classes: output channels; a value different from the weights' gives a fresh head.
+        num_classes: output channels (dense model) or classes (``head="classifier"``); a value
+            different from the weights' gives a fresh head.
         in_chans: input channels (default: the weights' config for hf-hub names, folders and
             tags, else the architecture's, 1); differing from the weights' adapts the stem
             weights (repeated and rescaled by ``1/in_chans``).
         features_only: return the encoder, whose forward gives a list of multi-scale feature maps
             (``model.feature_info`` has their channels and reductions).
+        head: ``"classifier"``: the (pre-trained) encoder + global average pooling + a linear
+            layer of ``num_classes`` outputs (2D and 3D), for image-level labels.
+        out_indices: with ``features_only``, which maps to return (timm's convention).
+        drop_rate: dropout before the classifier's linear layer.
         strict: raise on any missing, unexpected or reshaped key (one message lists them all);
             ``False`` loads the matching keys and warns.
         offline: never touch the network (default: ``HF_HUB_OFFLINE``).
@@ -203,38 +106,58 @@ def create_model(
         endpoint: Hub endpoint or mirror URL (default: ``HF_ENDPOINT``).
         **kwargs: architecture arguments (e.g. ``feature_size=24``, ``dropout=0.1``).
 
-    Returns an ``nn.Module`` with ``rasd_config`` and ``set_grad_checkpointing``.
+    Returns an ``nn.Module`` with timm's interface and a frozen ``pretrained_cfg``.
     """
+    if head not in HEADS:
+        raise RasdValueError(f"head={head!r}: use None (the dense output) or 'classifier'")
+    if head == "classifier":
+        if features_only:
+            raise RasdValueError("head='classifier' and features_only=True exclude each other")
+        if num_classes is None:
+            raise RasdValueError("head='classifier' needs num_classes (the number of image labels)")
+        encoder = create_model(name, pretrained, in_chans=in_chans, features_only=True, strict=strict,
+                               offline=offline, cache_dir=cache_dir, endpoint=endpoint, **kwargs)
+        return RasdClassifier(encoder, int(num_classes), drop_rate=drop_rate)
     arch, src = resolve_weights(name, pretrained, offline=offline, cache_dir=cache_dir,
                                 endpoint=endpoint, need_weights=bool(pretrained))
+    model = build_model(arch, src.config if src else None, kwargs, num_classes=num_classes,
+                        in_chans=in_chans, features_only=features_only, out_indices=out_indices)
     if src is not None and pretrained:
-        return _create_from_source(arch, src, strict=strict, num_classes=num_classes,
-                                   in_chans=in_chans, features_only=features_only, **kwargs)
-    return _build(arch, src.config if src else None, kwargs, num_classes=num_classes,
-                  in_chans=in_chans, features_only=features_only)
+        return load_into(model, src, strict=strict)
+    return model
 
 
-def _build(arch: str, config: dict | None, kwargs: dict, *, num_classes, in_chans, features_only):
-    from rasd_hub._registry import get_arch
-
+def build_model(arch: str, config: dict | None, kwargs: dict, *, num_classes=None, in_chans=None,
+                features_only=False, out_indices=None):
+    """An architecture with random weights, its arguments from ``config`` (a validated
+    ``config.json``) overridden by ``kwargs``, ``num_classes`` and ``in_chans``; the final
+    arguments are checked (types, ranges, a parameter ceiling) before anything is allocated."""
     if features_only and num_classes is not None:
         raise RasdValueError("num_classes has no meaning with features_only=True (there is no head)")
+    spec = get_arch(arch)
     args: dict[str, Any] = dict(config["model_args"]) if config else {}
     args.update(kwargs)
     if in_chans is not None:
-        args["in_channels"] = int(in_chans)
+        args["in_channels"] = in_chans
     if num_classes is not None:
-        args["out_channels"] = int(num_classes)
-    return get_arch(arch).fn(features_only=bool(features_only), **args)
+        args["out_channels"] = num_classes
+    check_model_args(arch, args, spec.args_schema, where="arguments")
+    head_type = (config or {}).get("head_type")
+    if head_type == "classifier":  # a saved classifier: its encoder and a linear layer
+        encoder = spec.fn(features_only=True, **{k: v for k, v in args.items() if k != "out_channels"})
+        classes = num_classes if num_classes is not None else config["out_channels"]
+        return RasdClassifier(encoder, int(classes))
+    return spec.fn(features_only=bool(features_only), out_indices=out_indices, **args)
 
 
 def _config_from_state_dict(model, state_dict) -> dict[str, Any]:
     """For a bare .safetensors file without config.json: infer in/out channels from shapes."""
     cfg: dict[str, Any] = {}
-    stem = model.rasd_config.get("stem") or []
+    rasd_config = model.rasd_config
+    stem = rasd_config.get("stem") or []
     if stem and stem[0] in state_dict:
         cfg["in_chans"] = int(state_dict[stem[0]].shape[1])
-    head = model.rasd_config.get("head")
+    head = rasd_config.get("head")
     if head:
         own = model.state_dict()
         for k in own:
@@ -243,7 +166,7 @@ def _config_from_state_dict(model, state_dict) -> dict[str, Any]:
                     cfg["out_channels"] = -1  # differs: the head is re-initialised
                     break
         else:
-            cfg["out_channels"] = model.rasd_config.get("out_channels")
+            cfg["out_channels"] = rasd_config.get("out_channels")
     return cfg
 
 
@@ -261,15 +184,10 @@ def load(
     name = os.fspath(name_or_path)
     arch, src = resolve_weights(name, True, offline=offline, cache_dir=cache_dir, endpoint=endpoint)
     cfg = src.config or {}
-    kwargs.setdefault("features_only", bool(cfg.get("features_only", False)))
-    return _create_from_source(arch, src, strict=strict, **kwargs)
-
-
-def _create_from_source(arch: str, src: WeightsSource, *, strict: bool, num_classes=None,
-                        in_chans=None, features_only=False, **kwargs):
-    """create_model for an already resolved source (avoids resolving/downloading twice)."""
-    model = _build(arch, src.config, kwargs, num_classes=num_classes, in_chans=in_chans,
-                   features_only=features_only)
+    options = {"features_only": bool(cfg.get("features_only", False)), "num_classes": None,
+               "in_chans": None, "out_indices": None}
+    options.update({k: kwargs.pop(k) for k in list(options) if k in kwargs})
+    model = build_model(arch, src.config, kwargs, **options)
     return load_into(model, src, strict=strict)
 
 
@@ -279,19 +197,15 @@ def load_into(model, src: WeightsSource, *, strict: bool = True):
     The safetensors file is memory-mapped and its tensors are assigned to the model (not copied),
     so loading never holds two copies of the weights; pages are copied on write when trained.
     """
-    from rasd_hub._io import sha256_file
-    from rasd_hub.weights import adapt_state_dict, load_state_dict_checked, load_weights_file
-
     state_dict = load_weights_file(src.weights_file, src.expected_sha256)
     source_cfg = src.config or _config_from_state_dict(model, state_dict)
     state_dict, report = adapt_state_dict(state_dict, model, source_cfg)
     load_state_dict_checked(model, state_dict, strict=strict, report=report, source=src.label)
     del state_dict
-    # what the weights were trained on (e.g. measured input moments) travels with them
-    if src.config and src.config.get("normalization"):
-        model.rasd_config["normalization"] = dict(src.config["normalization"])
-    # provenance is always complete: a bare file with no recorded hash gets hashed here
+    # provenance is always complete: a bare file with no recorded hash gets hashed here; what the
+    # weights were trained on (e.g. measured input moments) travels with them
     sha256 = src.verified_sha256 or src.expected_sha256 or sha256_file(src.weights_file)
-    model.rasd_config["pretrained"] = {"source": src.label, "sha256": sha256}
+    set_pretrained_source(model, source=src.label, sha256=sha256, ref=src.ref, config=src.config,
+                          hf_hub_id=src.repo_id, revision=src.revision)
     model.load_report = report
     return model

@@ -1,7 +1,10 @@
-"""The architecture registry: entry-point functions plus the metadata ``model_info`` reports.
+"""The registry: architectures (entry points and their metadata) and pretrained tags.
 
-Model files register their entry points with :func:`register_model` at import time; the registry
-imports :mod:`rasd_hub.models` on first use, so ``import rasd_hub`` stays free of torch.
+Model files register their entry points with :func:`register_model`, and ``rasd_hub.pretrained``
+its tags with :func:`register_pretrained`, when ``rasd_hub.models`` is imported. This module
+imports neither (so nothing it is imported by imports it back); the modules that look names up
+(``rasd_hub._sources``, ``rasd_hub.catalog``) import ``rasd_hub.models`` first. ``import rasd_hub``
+stays free of torch because those modules load on first use.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rasd_hub.errors import UnknownModelError
+from rasd_hub._pretrained import PretrainedCfg
+from rasd_hub._validate import check_tag
+from rasd_hub.errors import RasdValueError, UnknownModelError, WeightsNotAvailableError
 
-__all__ = ["ArchSpec", "register_model", "get_arch", "list_architectures", "suggest", "is_architecture"]
+__all__ = ["ArchSpec", "register_model", "get_arch", "list_architectures", "suggest", "is_architecture",
+           "register_pretrained", "unregister_pretrained", "get_pretrained_cfg", "list_pretrained",
+           "pretrained_cfgs", "default_tag", "how_to_get_weights"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,8 @@ class ArchSpec:
         notes: caveats, e.g. sizes that are our reading of the release.
         released_checkpoint: the authors' checkpoint file whose layout this matches (RaSE_B.pth).
         pretrain_preset: the `rasd pretrain --preset` recipe that trains it (None: no recipe).
+        args_schema: the typed constructor arguments ``config.json`` is checked against
+            (``rasd_hub._validate``); None: not checked beyond JSON values.
     """
 
     name: str
@@ -46,11 +55,12 @@ class ArchSpec:
     released_checkpoint: str | None = None
     pretrain_preset: str | None = None
     code_license: str = "Apache-2.0 (MONAI network code)"
+    args_schema: Any = None
     extra: dict = field(default_factory=dict)
 
 
 _ARCHS: dict[str, ArchSpec] = {}
-_LOADED = False
+_TAGS: dict[str, PretrainedCfg] = {}
 
 
 def register_model(
@@ -65,6 +75,7 @@ def register_model(
     released_checkpoint: str | None = None,
     pretrain_preset: str | None = "",
     code_license: str | None = None,
+    args_schema: Any = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator that registers an entry point under its function name."""
 
@@ -78,6 +89,7 @@ def register_model(
             source=source, notes=notes,
             released_checkpoint=released_checkpoint,
             pretrain_preset=name if pretrain_preset == "" else pretrain_preset,
+            args_schema=args_schema,
             **({"code_license": code_license} if code_license else {}),
         )
         return fn
@@ -85,17 +97,8 @@ def register_model(
     return deco
 
 
-def _ensure_loaded() -> None:
-    global _LOADED
-    if not _LOADED:
-        import rasd_hub.models  # noqa: F401  (registers the entry points)
-
-        _LOADED = True
-
-
 def list_architectures(pattern: str | None = None) -> list[str]:
     """Registered architecture names (sorted), optionally filtered by a shell-style pattern."""
-    _ensure_loaded()
     names = sorted(_ARCHS)
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
@@ -103,7 +106,6 @@ def list_architectures(pattern: str | None = None) -> list[str]:
 
 
 def is_architecture(name: str) -> bool:
-    _ensure_loaded()
     return name in _ARCHS
 
 
@@ -117,7 +119,6 @@ def suggest(name: str, candidates: list[str]) -> str:
 
 def get_arch(name: str) -> ArchSpec:
     """The spec of a registered architecture; unknown names raise with close matches."""
-    _ensure_loaded()
     try:
         return _ARCHS[name]
     except KeyError:
@@ -125,3 +126,95 @@ def get_arch(name: str) -> ArchSpec:
             f"unknown architecture {name!r}.{suggest(name, sorted(_ARCHS))} "
             "Run `rasd hub list` to see all registered models."
         ) from None
+
+
+# -- pretrained tags ---------------------------------------------------------------------------
+
+def register_pretrained(cfg: PretrainedCfg, *, replace: bool = False) -> PretrainedCfg:
+    """Add a tag's config (the first one of an architecture becomes its default).
+
+    A tag needs a source (``file``, ``path`` or ``hf_hub_id``); a Hub source must be pinned to a
+    commit with the sha256 of ``model.safetensors`` and ``config.json``. ``replace=True``
+    overwrites an existing tag (``rasd hub install`` re-installing newer weights).
+    """
+    check_tag(cfg)
+    if cfg.name in _TAGS and not replace:
+        raise RasdValueError(f"pretrained config {cfg.name} registered twice")
+    _TAGS[cfg.name] = cfg
+    return cfg
+
+
+def unregister_pretrained(name: str) -> None:
+    """Remove a tag (no error if it is not registered)."""
+    _TAGS.pop(name, None)
+
+
+def pretrained_cfgs(architecture: str | None = None) -> list[PretrainedCfg]:
+    """The registered tags' configs (of one architecture), default first."""
+    return [c for c in _TAGS.values() if architecture is None or c.architecture == architecture]
+
+
+def list_pretrained(pattern: str | None = None) -> list[str]:
+    """``arch.tag`` names that have weights."""
+    names = sorted(_TAGS)
+    return [n for n in names if not pattern or fnmatch.fnmatchcase(n, pattern)
+            or fnmatch.fnmatchcase(n.split(".")[0], pattern)]
+
+
+def default_tag(architecture: str) -> PretrainedCfg | None:
+    for cfg in _TAGS.values():
+        if cfg.architecture == architecture:
+            return cfg
+    return None
+
+
+def get_pretrained_cfg(name: str) -> PretrainedCfg:
+    """The config of ``arch.tag``; a bare ``arch`` gives its default tag."""
+    arch, _, tag = name.partition(".")
+    get_arch(arch)  # unknown architecture: raises with suggestions
+    if not tag:
+        cfg = default_tag(arch)
+        if cfg is None:
+            raise WeightsNotAvailableError(how_to_get_weights(arch))
+        return cfg
+    try:
+        return _TAGS[name]
+    except KeyError:
+        tags = [n for n in _TAGS if n.startswith(arch + ".")]
+        hint = suggest(name, tags) or (f" Tags with weights: {', '.join(tags)}." if tags else "")
+        raise UnknownModelError(f"no pretrained weights tagged {name!r}.{hint}\n"
+                                + how_to_get_weights(arch, header=False)) from None
+
+
+def how_to_get_weights(architecture: str, header: bool = True) -> str:
+    """The message that says exactly how to obtain weights for ``architecture``: installing
+    weights one has (the authors' release, or one's own) first, then pre-training."""
+    spec = get_arch(architecture)
+    lines = [f"no pretrained weights are registered for {architecture!r} yet."] if header else []
+    lines.append("To get them:")
+    n = 1
+    if spec.released_checkpoint:
+        lines.append(
+            f"  {n}. install the authors' released checkpoint ({spec.released_checkpoint}, from the "
+            f"RaSD release at github.com/yweibs/RaSD) on this machine:\n"
+            f"       rasd hub convert {spec.released_checkpoint} --arch {architecture} --install")
+        n += 1
+    lines.append(
+        f"  {n}. {'or ' if n > 1 else ''}install a weights folder you have (rasd hub export / "
+        f"convert / save_pretrained):\n       rasd hub install WEIGHTS_DIR")
+    n += 1
+    if spec.pretrain_preset:
+        lines.append(
+            f"  {n}. or pre-train it yourself and export the checkpoint:\n"
+            f"       rasd pretrain --preset {spec.pretrain_preset} ...\n"
+            f"       rasd hub export RUN_DIR/checkpoints/step_XXXXXXX.pt WEIGHTS_DIR")
+    else:
+        lines.append(
+            f"  {n}. or pre-train it with `rasd pretrain` (no preset ships for {architecture}; see "
+            "`rasd pretrain --help`) and export the checkpoint:\n"
+            "       rasd hub export RUN_DIR/checkpoints/step_XXXXXXX.pt WEIGHTS_DIR")
+    lines.append(
+        f"after installing, rasd_hub.create_model('{architecture}', pretrained=True) works offline; "
+        f"a folder also loads directly with rasd_hub.load('WEIGHTS_DIR'), and weights on the Hub "
+        f"with rasd_hub.load('hf-hub:ORG/REPO@REVISION').")
+    return "\n".join(lines)

@@ -49,7 +49,7 @@ def _reset_peak() -> bool:
 def seed_hub_cache(weights_dir: str | os.PathLike, cache_dir: str | os.PathLike, repo_id: str) -> str:
     """Put a weights directory into a Hub cache as the client would; returns the fake commit."""
     from rasd_hub._io import sha256_file
-    from rasd_hub.hub import _git_blob_sha1
+    from rasd_hub.hub import git_blob_sha1
 
     weights_dir, cache_dir = Path(weights_dir), Path(cache_dir)
     repo_dir = cache_dir / ("models--" + repo_id.replace("/", "--"))
@@ -63,7 +63,7 @@ def seed_hub_cache(weights_dir: str | os.PathLike, cache_dir: str | os.PathLike,
     (repo_dir / "refs" / "main").write_text(commit)
     for p in files:
         # the client names LFS blobs by sha256 and small files by their git blob sha1
-        name = digests[p] if p.suffix == ".safetensors" else _git_blob_sha1(p)
+        name = digests[p] if p.suffix == ".safetensors" else git_blob_sha1(p)
         blob = repo_dir / "blobs" / name
         if not blob.exists():
             try:
@@ -82,7 +82,7 @@ def _measure_one(name: str, repeat: int, work_dir: str) -> dict[str, Any]:
     import torch
 
     import rasd_hub
-    from rasd_hub._builder import _build, load_into
+    from rasd_hub._builder import build_model, load_into
     from rasd_hub.hub import fetch_weights
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -108,8 +108,7 @@ def _measure_one(name: str, repeat: int, work_dir: str) -> dict[str, Any]:
     loads, totals, extras, touched = [], [], [], []
     for _ in range(repeat):
         src_cfg = fetch_weights(repo, commit, offline=True, cache_dir=cache, weights=False).config
-        model = _build(src_cfg["architecture"], src_cfg, {}, num_classes=None, in_chans=src_cfg["in_chans"],
-                       features_only=False)
+        model = build_model(src_cfg["architecture"], src_cfg, {}, in_chans=src_cfg["in_chans"])
         peak_ok = _reset_peak()
         rss0 = _status_mib("VmRSS:")
         t0 = time.perf_counter()

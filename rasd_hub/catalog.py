@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import rasd_hub.models  # noqa: F401  (registers the architectures and tags listed here)
+from rasd_hub._registry import (
+    get_arch, get_pretrained_cfg, how_to_get_weights, list_architectures, list_pretrained,
+    pretrained_cfgs,
+)
+from rasd_hub.models._base import NORMALIZATION
+
 __all__ = ["list_models", "model_info"]
 
 
@@ -12,9 +19,6 @@ def list_models(pattern: str | None = None, pretrained: bool = False) -> list[st
 
     ``pattern`` is a shell-style filter (``"rasd3d*"``).
     """
-    from rasd_hub._registry import list_architectures
-    from rasd_hub.pretrained import list_pretrained
-
     if pretrained:
         return list_pretrained(pattern)
     return list_architectures(pattern)
@@ -27,21 +31,15 @@ def model_info(name: str) -> dict[str, Any]:
     and weights licences, sources, notes (e.g. sizes that are our reading of the release) and the
     weights available (each ``arch.tag`` with its source), or how to get weights when none exist.
     """
-    from rasd_hub._registry import get_arch
-    from rasd_hub.models._base import NORMALIZATION
-    from rasd_hub.pretrained import _CFGS, get_pretrained_cfg, how_to_get_weights
-
     arch, _, tag = name.partition(".")
     spec = get_arch(arch)
     if tag:
         get_pretrained_cfg(name)
     weights = []
-    for cfg in _CFGS.values():
-        if cfg.architecture != arch or (tag and cfg.tag != tag):
+    for cfg in pretrained_cfgs(arch):
+        if tag and cfg.tag != tag:
             continue
-        where = (f"package:{cfg.file}" if cfg.file else cfg.path if cfg.path
-                 else f"hf-hub:{cfg.hf_hub_id}@{cfg.revision}")
-        weights.append({"name": cfg.name, "source": where, "license": cfg.license,
+        weights.append({"name": cfg.name, "source": cfg.where, "license": cfg.license,
                         "sha256": dict(cfg.sha256), "description": cfg.description,
                         "provenance": dict(cfg.provenance)})
     return {

@@ -48,9 +48,7 @@ def run_list(args) -> int:
         rows = []
         for n in names:
             c = get_pretrained_cfg(n)
-            source = (f"package:{c.file}" if c.file else c.path
-                      or f"hf-hub:{c.hf_hub_id}@{c.revision}")
-            rows.append({"name": n, "license": c.license, "description": c.description, "source": source})
+            rows.append({"name": n, "license": c.license, "description": c.description, "source": c.where})
         if args.json:
             _print_json(rows)
         elif not rows:
@@ -65,11 +63,24 @@ def run_list(args) -> int:
         return 0
     tags = {i["name"]: ",".join(w["name"].split(".", 1)[1] for w in i["weights"]) or "-"
             for i in infos}
+
+    def source(info) -> str:
+        """Where create_model(NAME, pretrained=True) loads from, or how to get weights."""
+        if info["weights"]:
+            return info["weights"][0]["source"]
+        if info["released_checkpoint"]:
+            return (f"none yet: rasd hub convert {info['released_checkpoint']} --arch "
+                    f"{info['name']} --install")
+        return "none yet: rasd hub install WEIGHTS_DIR"
+
+    sources = {i["name"]: source(i) for i in infos}
     width = max([len("weights"), *map(len, tags.values())])
-    print(f"{'name':<14} {'dims':>4} {'params':>9}  {'weights':<{width}} description")
+    swidth = max([len("pretrained=True loads"), *map(len, sources.values())])
+    print(f"{'name':<14} {'dims':>4} {'params':>9}  {'weights':<{width}} "
+          f"{'pretrained=True loads':<{swidth}} description")
     for i in infos:
         print(f"{i['name']:<14} {i['spatial_dims']:>3}D {i['num_params'] / 1e6:>8.1f}M  "
-              f"{tags[i['name']]:<{width}} {i['description']}")
+              f"{tags[i['name']]:<{width}} {sources[i['name']]:<{swidth}} {i['description']}")
     return 0
 
 
@@ -93,9 +104,9 @@ def configure_info(parser):
 def run_info(args) -> int:
     import rasd_hub
     from rasd_hub._builder import resolve_weights
-    from rasd_hub._registry import is_architecture
+    from rasd_hub._sources import RegistryRef, parse_weights_ref
 
-    if is_architecture(args.name.split(".")[0]) and not args.name.startswith("hf-hub:"):
+    if isinstance(parse_weights_ref(args.name), RegistryRef):
         info = rasd_hub.model_info(args.name)
     else:
         _, src = resolve_weights(args.name, False, offline=args.offline, cache_dir=args.cache_dir,
@@ -133,7 +144,7 @@ def configure_download(parser):
 
 
 def run_download(args) -> int:
-    from rasd_hub.hub import download
+    from rasd_hub._sources import download
 
     rows = download(args.names, cache_dir=args.cache_dir, endpoint=args.endpoint, offline=False)
     if args.json:
@@ -252,13 +263,19 @@ def configure_convert(parser):
     An nnssl checkpoint (network_weights + nnssl_adaptation_plan of a Residual Encoder U-Net)
     needs no --arch: its adaptation plan gives the architecture, checked field by field.
 
+    With --install the weights are also installed on this machine (see `rasd hub install`), so
+    rasd_hub.create_model(ARCH, pretrained=True) works offline from then on; OUT_DIR may then be
+    left out.
+
     Examples:
+      rasd hub convert RaSE_B.pth --arch rasd3d_swinb --install
       rasd hub convert RaSE_B.pth weights/rasd3d_swinb --arch rasd3d_swinb
       rasd hub convert RaSE_2D.pth weights/rasd2d --arch rasd2d
       rasd hub convert nnssl_resencl.pth weights/resencl_nnssl
     """
     parser.add_argument("checkpoint", help="released checkpoint (.pth) or nnssl checkpoint")
-    parser.add_argument("out_dir", help="output weights directory")
+    parser.add_argument("out_dir", nargs="?", default=None,
+                        help="output weights directory (optional with --install)")
     parser.add_argument("--arch", default=None,
                         help="architecture: rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d "
                         "(not for nnssl checkpoints)")
@@ -266,35 +283,83 @@ def configure_convert(parser):
                         help="override an architecture argument (VALUE is JSON), repeatable")
     parser.add_argument("--license", default="other", help="licence id for the card (default: other; "
                         "see the RaSD release for its terms)")
+    parser.add_argument("--install", action="store_true",
+                        help="also install the weights on this machine (as ARCH.TAG)")
+    parser.add_argument("--tag", default=None, help="tag to install under (default: from the file "
+                        "name, e.g. rase_b)")
     parser.set_defaults(func=run_convert)
 
 
 def run_convert(args) -> int:
-    from rasd_hub.convert import convert_checkpoint
+    import tempfile
+
+    from rasd_hub.convert import convert_checkpoint, install_weights
     from rasd_hub.nnssl import convert_nnssl, is_nnssl_checkpoint
-
-    if is_nnssl_checkpoint(args.checkpoint):
-        if args.arch or args.model_arg:
-            raise RasdValueError(f"{args.checkpoint} is an nnssl checkpoint: its adaptation plan "
-                                 "gives the architecture; drop --arch / --model-arg")
-        out = convert_nnssl(args.checkpoint, args.out_dir, license=args.license)
-        print(f"converted nnssl checkpoint {args.checkpoint} -> {out}")
-        print(f"load with rasd_hub.load('{out}')")
-        return 0
-    if not args.arch:
-        raise RasdValueError(f"{args.checkpoint} is not an nnssl checkpoint: pass --arch "
-                             "(rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d)")
-
-    out, summary = convert_checkpoint(args.checkpoint, args.out_dir, args.arch,
-                                      model_args=dict(args.model_arg), license=args.license)
     from rasd_hub.weights import read_config
 
-    cfg = read_config(out)
-    print(f"converted {args.checkpoint} -> {out} ({args.arch})")
-    print(f"  layout: {', '.join(summary['steps']) or 'plain state dict'}")
-    print(f"  source sha256: {summary['source_sha256']}")
-    print(f"  sha256: {cfg['weights']['sha256']}  model.safetensors")
-    print(f"load with rasd_hub.load('{out}')")
+    if args.out_dir is None and not args.install:
+        raise RasdValueError("give OUT_DIR, or --install to install the converted weights on this machine")
+    nnssl = is_nnssl_checkpoint(args.checkpoint)
+    if nnssl and (args.arch or args.model_arg):
+        raise RasdValueError(f"{args.checkpoint} is an nnssl checkpoint: its adaptation plan "
+                             "gives the architecture; drop --arch / --model-arg")
+    if not nnssl and not args.arch:
+        raise RasdValueError(f"{args.checkpoint} is not an nnssl checkpoint: pass --arch "
+                             "(rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d)")
+    with tempfile.TemporaryDirectory(prefix="rasd-convert-") as tmp:
+        out_dir = args.out_dir or f"{tmp}/weights"
+        if nnssl:
+            out = convert_nnssl(args.checkpoint, out_dir, license=args.license)
+            cfg = read_config(out)
+            print(f"converted nnssl checkpoint {args.checkpoint} ({cfg['architecture']})"
+                  + (f" -> {out}" if args.out_dir else ""))
+            print(f"  source sha256: {cfg['provenance']['source_sha256']}")
+        else:
+            out, summary = convert_checkpoint(args.checkpoint, out_dir, args.arch,
+                                              model_args=dict(args.model_arg), license=args.license)
+            cfg = read_config(out)
+            print(f"converted {args.checkpoint} ({args.arch})" + (f" -> {out}" if args.out_dir else ""))
+            print(f"  layout: {', '.join(summary['steps']) or 'plain state dict'}")
+            print(f"  source sha256: {summary['source_sha256']}")
+        print(f"  sha256: {cfg['weights']['sha256']}  model.safetensors")
+        if args.install:
+            _print_installed(install_weights(out, tag=args.tag))
+        else:
+            print(f"load with rasd_hub.load('{out}'); install with `rasd hub install {out}`")
+    return 0
+
+
+def _print_installed(cfg) -> None:
+    print(f"installed {cfg.name} in {cfg.path}")
+    for fname, digest in cfg.sha256.items():
+        print(f"  pinned sha256 {digest}  {fname}")
+    print(f"load with rasd_hub.create_model('{cfg.name}', pretrained=True) (offline)")
+
+
+# ---------------------------------------------------------------------------------------------
+def configure_install(parser):
+    """Install a weights folder on this machine, so its architecture's name loads it offline.
+
+    The folder (from `rasd hub export`, `rasd hub convert` or save_pretrained) is validated,
+    copied to $RASD_HUB_HOME/installed/ARCH.TAG (default ~/.cache/rasd_hub) and pinned by the
+    sha256 of its model.safetensors and config.json. Afterwards
+    rasd_hub.create_model('ARCH.TAG', pretrained=True) loads it (and create_model('ARCH', ...)
+    too when no other weights are registered for ARCH); `rasd hub list` shows it.
+
+    Examples:
+      rasd hub install weights/rasd3d_swinb
+      rasd hub install runs/r1/export --tag run1
+    """
+    parser.add_argument("directory", help="weights folder (model.safetensors, config.json, README.md)")
+    parser.add_argument("--tag", default=None, help="tag (default: from the converted file's name, "
+                        "e.g. rase_b, else 'installed')")
+    parser.set_defaults(func=run_install)
+
+
+def run_install(args) -> int:
+    from rasd_hub.convert import install_weights
+
+    _print_installed(install_weights(args.directory, tag=args.tag))
     return 0
 
 

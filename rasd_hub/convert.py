@@ -7,13 +7,20 @@ arbitrary pickled objects.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+from rasd_hub._builder import build_model, create_model
 from rasd_hub._io import sha256_file
+from rasd_hub._manipulate import set_normalization
+from rasd_hub._validate import check_normalization
 from rasd_hub.errors import StateDictMismatchError, WeightsFormatError
+from rasd_hub.weights import load_state_dict_checked, save_pretrained
 
-__all__ = ["export_checkpoint", "model_from_checkpoint", "convert_checkpoint", "unwrap_released_state_dict", "read_checkpoint"]
+__all__ = ["export_checkpoint", "model_from_checkpoint", "convert_checkpoint", "unwrap_released_state_dict",
+           "read_checkpoint", "install_weights", "default_install_tag"]
 
 #: containers the released downstream loader unwraps, outermost first
 WRAPPER_KEYS = ("state_dict", "network_weights", "net", "student", "model")
@@ -115,8 +122,6 @@ def convert_checkpoint(
     channels read from the weights, overridden by ``model_args``. Loading is strict. Returns the
     output directory and a summary (steps, arguments, sha256 of source and result).
     """
-    from rasd_hub._builder import create_model
-    from rasd_hub.weights import load_state_dict_checked, save_pretrained
 
     raw = read_checkpoint(checkpoint)
     sd, steps = unwrap_released_state_dict(raw)
@@ -164,8 +169,6 @@ def export_checkpoint(
     ``config.json`` + ``README.md``: the same folder as the runner's own end-of-run export (which
     calls this function on its final checkpoint).
     """
-    from rasd_hub.weights import save_pretrained
-
     model, provenance = model_from_checkpoint(checkpoint)
     return save_pretrained(model, out_dir, provenance=provenance, license=license,
                            base_model=base_model, description=description)
@@ -181,9 +184,6 @@ def model_from_checkpoint(checkpoint: str | os.PathLike):
     """
     import torch
 
-    from rasd_hub._builder import _build
-    from rasd_hub.weights import check_normalization, load_state_dict_checked
-
     ckpt = read_checkpoint(checkpoint)
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or "model_config" not in ckpt:
         keys = sorted(map(str, ckpt))[:12] if isinstance(ckpt, Mapping) else type(ckpt).__name__
@@ -196,12 +196,72 @@ def model_from_checkpoint(checkpoint: str | os.PathLike):
                                  "(it must be the model's rasd_config)")
     check_normalization(cfg.get("normalization"), f"{checkpoint}: model_config")
     with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG
-        model = _build(cfg["architecture"], cfg, {}, num_classes=None, in_chans=None,
-                       features_only=bool(cfg.get("features_only", False)))
+        model = build_model(cfg["architecture"], cfg, {},
+                            features_only=bool(cfg.get("features_only", False)))
     if cfg.get("normalization"):
-        model.rasd_config["normalization"] = dict(cfg["normalization"])
+        set_normalization(model, cfg["normalization"])
     sd, _ = unwrap_released_state_dict(ckpt["model"])
     load_state_dict_checked(model, sd, strict=True, source=str(checkpoint))
     provenance = dict(ckpt.get("provenance") or {})
     provenance.setdefault("checkpoint", Path(checkpoint).name)
     return model, provenance
+
+
+_TAG = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+def default_install_tag(config: Mapping[str, Any]) -> str:
+    """``rase_b`` for weights converted from ``RaSE_B.pth``, else ``installed``."""
+    source_file = (config.get("provenance") or {}).get("source_file")
+    if source_file:
+        tag = re.sub(r"[^a-z0-9_]+", "_", Path(source_file).stem.lower()).strip("_")
+        if tag and _TAG.match(tag):
+            return tag
+    return "installed"
+
+
+def install_weights(folder: str | os.PathLike, *, tag: str | None = None):
+    """Install a weights folder on this machine as the tag ``ARCH.TAG`` (``rasd hub install``).
+
+    The folder is validated (``config.json`` against the architecture, ``model.safetensors``
+    against the sha256 its config records), copied to ``$RASD_HUB_HOME/installed/ARCH.TAG`` and
+    recorded in the index with the sha256 of both files, so ``create_model(ARCH, pretrained=True)``
+    loads it offline from then on (for an architecture that ships no weights it is the default
+    tag) and refuses it if either file changes. Installing the same tag again replaces it.
+    Returns the registered :class:`~rasd_hub.PretrainedCfg`.
+    """
+    from rasd_hub._install import index_path, installed_dir, read_index
+    from rasd_hub._io import atomic_dir, write_json_atomic
+    from rasd_hub._pretrained import PretrainedCfg
+    from rasd_hub._registry import register_pretrained
+    from rasd_hub.weights import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, load_weights_file, read_config
+
+    src = Path(folder).expanduser()
+    config = read_config(src)
+    wname = config.get("weights", {}).get("file", WEIGHTS_NAME)
+    recorded = config.get("weights", {}).get("sha256")
+    if recorded:  # a copy that no longer matches its own config is not installed
+        load_weights_file(src / wname, recorded)
+    tag = tag or default_install_tag(config)
+    if not _TAG.match(tag):
+        raise WeightsFormatError(f"tag {tag!r}: use lower-case letters, digits and '_' (e.g. rase_b)")
+    arch = config["architecture"]
+    name = f"{arch}.{tag}"
+    target = installed_dir() / name
+    names = [n for n in (wname, CONFIG_NAME, CARD_NAME) if (src / n).is_file()]
+    with atomic_dir(target, replaceable=(WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, wname)) as staging:
+        for n in names:
+            shutil.copyfile(src / n, staging / n)
+    pins = {"model.safetensors" if n == wname else n: sha256_file(target / n)
+            for n in (wname, CONFIG_NAME)}
+    provenance = dict(config.get("provenance") or {}, installed_from=str(src.resolve()))
+    entry = {"architecture": arch, "tag": tag, "path": str(target), "sha256": pins,
+             "license": config.get("license", "other"), "installed_from": str(src.resolve()),
+             "description": f"installed on this machine from {src.resolve()}",
+             "provenance": provenance}
+    index = read_index()
+    index[name] = entry
+    write_json_atomic(index_path(), {"format": "rasd_hub.installed", "installed": index})
+    return register_pretrained(PretrainedCfg(
+        architecture=arch, tag=tag, path=str(target), sha256=pins, license=entry["license"],
+        description=entry["description"], provenance=provenance), replace=True)

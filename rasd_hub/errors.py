@@ -57,3 +57,12 @@ class HubError(RasdError):
 
 class OfflineError(HubError):
     """Offline mode is on (``HF_HUB_OFFLINE=1`` or ``offline=True``) and the file is not cached."""
+
+
+class ConfigValidationError(WeightsFormatError):
+    """A ``config.json`` (or model arguments) that does not fit the architecture's typed arguments;
+    ``field`` names the offending entry (``model_args.channels``)."""
+
+    def __init__(self, message: str, *, field: str = ""):
+        super().__init__(message)
+        self.field = field

@@ -22,9 +22,10 @@ from typing import Any, Mapping
 
 from rasd_hub._io import sha256_file
 from rasd_hub.errors import ChecksumMismatchError, HubError, OfflineError, WeightsFormatError
+from rasd_hub.weights import CARD_NAME, CONFIG_NAME, WeightsSource, model_card, read_config, save_pretrained
 
-__all__ = ["fetch_weights", "download", "push_to_hub", "PushResult", "hub_endpoint", "is_offline",
-           "verify_cached_file"]
+__all__ = ["fetch_weights", "push_to_hub", "PushResult", "hub_endpoint", "is_offline",
+           "verify_cached_file", "commit_of", "git_blob_sha1"]
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -54,7 +55,7 @@ def _cache_dir(cache_dir) -> str | None:
     return None
 
 
-def _git_blob_sha1(path: Path) -> str:
+def git_blob_sha1(path: Path) -> str:
     h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
     with open(path, "rb") as f:
         while chunk := f.read(8 << 20):
@@ -80,7 +81,7 @@ def verify_cached_file(path: str | os.PathLike, pinned_sha256: str | None = None
                     filename=path.name, expected=expected, actual=actual)
         return actual
     if _HEX40.match(name):
-        actual = _git_blob_sha1(blob)
+        actual = git_blob_sha1(blob)
         if actual != name:
             raise ChecksumMismatchError(
                 f"{path.name}: git blob sha1 {actual} does not match the expected {name}",
@@ -200,7 +201,8 @@ def _verified_file(repo_id: str, filename: str, revision: str | None, *, pinned:
             filename=filename, expected=second.expected, actual=second.actual) from None
 
 
-def _commit_of(path: Path) -> str | None:
+def commit_of(path: Path) -> str | None:
+    """The commit of a file in the Hub cache (``snapshots/<commit>/<file>``), or None."""
     # cache layout: models--org--name/snapshots/<commit>/<file>
     parent = path.parent.name
     return parent if _HEX40.match(parent) else None
@@ -211,14 +213,11 @@ def fetch_weights(
     offline: bool | None = None, cache_dir=None, endpoint: str | None = None, weights: bool = True,
     readme: bool = False,
 ):
-    """Fetch and verify a weights repo; returns a :class:`rasd_hub._builder.WeightsSource`.
+    """Fetch and verify a weights repo; returns a :class:`rasd_hub.weights.WeightsSource`.
 
-    ``sha256`` pins files by name (``{"model.safetensors": "..."}``). With ``weights=False`` only
-    ``config.json`` is fetched (to build the architecture).
+    ``sha256`` pins files by name (``{"model.safetensors": "...", "config.json": "..."}``). With
+    ``weights=False`` only ``config.json`` is fetched (to build the architecture).
     """
-    from rasd_hub._builder import WeightsSource
-    from rasd_hub.weights import read_config
-
     offline = is_offline(offline)
     endpoint = hub_endpoint(endpoint)
     cache_dir = _cache_dir(cache_dir)
@@ -226,14 +225,14 @@ def fetch_weights(
     cfg_path, _ = _verified_file(repo_id, "config.json", revision, pinned=pins.get("config.json"),
                                  offline=offline, cache_dir=cache_dir, endpoint=endpoint)
     config = read_config(cfg_path.parent)
-    commit = _commit_of(cfg_path)
+    commit = commit_of(cfg_path)
     if commit and revision != commit:
         revision_for_rest = commit  # the rest of the files come from the same commit
     else:
         revision_for_rest = revision
     label = f"hf-hub:{repo_id}@{commit or revision or 'main'}"
     if not weights:
-        return WeightsSource(config, None, label)
+        return WeightsSource(config, None, label, ref=label, revision=commit, repo_id=repo_id)
     fname = config.get("weights", {}).get("file", "model.safetensors")
     recorded = config.get("weights", {}).get("sha256")
     pinned = pins.get(fname)
@@ -249,38 +248,8 @@ def fetch_weights(
                            offline=offline, cache_dir=cache_dir, endpoint=endpoint)
         except WeightsFormatError:
             pass  # a card is nice to have, not needed to load
-    return WeightsSource(config, wpath, label, verified_sha256=digest)
-
-
-def download(names: list[str] | str, *, cache_dir=None, endpoint: str | None = None,
-             offline: bool | None = None) -> list[dict[str, Any]]:
-    """Prefetch weights into the Hub cache (for a login node before going offline).
-
-    ``names``: ``hf-hub:ORG/REPO[@REV]``, ``arch.tag`` or ``arch`` (its default tag). Returns one
-    dict per name with the commit, files and sha256 to pin.
-    """
-    from rasd_hub._builder import HF_HUB_PREFIX, _parse_hub
-    from rasd_hub.pretrained import get_pretrained_cfg
-
-    out = []
-    for name in [names] if isinstance(names, str) else list(names):
-        if name.startswith(HF_HUB_PREFIX):
-            repo, rev = _parse_hub(name)
-            pins = {}
-        else:
-            cfg = get_pretrained_cfg(name)
-            if not cfg.hf_hub_id:
-                out.append({"name": cfg.name, "source": "package" if cfg.file else cfg.path,
-                            "note": "nothing to download"})
-                continue
-            repo, rev, pins = cfg.hf_hub_id, cfg.revision, cfg.sha256
-        src = fetch_weights(repo, rev, sha256=pins, cache_dir=cache_dir, endpoint=endpoint,
-                            offline=offline, readme=True)
-        commit = _commit_of(src.weights_file)
-        out.append({"name": name, "repo_id": repo, "commit": commit,
-                    "pin": f"hf-hub:{repo}@{commit}", "file": src.weights_file.name,
-                    "sha256": src.verified_sha256, "path": str(src.weights_file.parent)})
-    return out
+    return WeightsSource(config, wpath, label, verified_sha256=digest, ref=label, revision=commit,
+                         repo_id=repo_id)
 
 
 @dataclass
@@ -313,8 +282,6 @@ def push_to_hub(
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from rasd_hub.weights import CARD_NAME, CONFIG_NAME, read_config, save_pretrained
-
     if is_offline():
         raise OfflineError("cannot push while HF_HUB_OFFLINE is set; unset it to publish")
     endpoint = hub_endpoint(endpoint)
@@ -338,8 +305,6 @@ def push_to_hub(
                 filename=wname, expected=recorded, actual=digests[wname])
         card = (folder / CARD_NAME).read_text(encoding="utf-8") if (folder / CARD_NAME).is_file() else None
         if card is None:
-            from rasd_hub.weights import model_card
-
             card = model_card(config)
         card = card.replace("hf-hub:ORG/REPO", f"hf-hub:{repo_id}").encode()
         digests[CARD_NAME] = hashlib.sha256(card).hexdigest()

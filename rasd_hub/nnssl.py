@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rasd_hub._io import atomic_path, sha256_file
+from rasd_hub._manipulate import set_normalization
 from rasd_hub.errors import WeightsFormatError
 
 __all__ = ["write_nnssl_checkpoint", "read_nnssl_checkpoint", "convert_nnssl", "is_nnssl_checkpoint",
@@ -221,7 +222,7 @@ def read_nnssl_checkpoint(path: str | os.PathLike):
     args["out_channels"] = int(sd[seg[-1]].shape[0])
     model = create_model("rasd3d_resencl", **args)
     load_state_dict_checked(model, sd, strict=True, source=str(path))
-    model.rasd_config["normalization"] = _normalization(plan, str(path))
+    set_normalization(model, _normalization(plan, str(path)))
     provenance = {
         "source": "converted nnssl checkpoint",
         "source_file": Path(path).name,
@@ -248,7 +249,7 @@ def convert_nnssl(path: str | os.PathLike, out_dir: str | os.PathLike, *,
     model, provenance = read_nnssl_checkpoint(path)
     rasd = provenance.pop("rasd", None) or {}
     if rasd.get("normalization"):  # exported by rasd_hub: keeps the measured moments too
-        model.rasd_config["normalization"] = dict(rasd["normalization"])
+        set_normalization(model, rasd["normalization"])
     return save_pretrained(model, out_dir, provenance=provenance, license=license,
                            description=f"Residual Encoder U-Net converted from the nnssl checkpoint "
                                        f"`{Path(path).name}`.")

@@ -10,20 +10,22 @@ message. Intentional changes (a new head for ``num_classes``, adapted stem weigh
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import rasd_hub.models  # noqa: F401  (registers the architectures config.json is checked against)
 from rasd_hub._io import atomic_dir, sha256_file
+from rasd_hub._registry import get_arch
+from rasd_hub._validate import NORMALIZATION_METHODS, check_config, check_normalization
 from rasd_hub.errors import ChecksumMismatchError, StateDictMismatchError, WeightsFormatError
 
 __all__ = [
-    "WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME", "FORMAT", "LoadReport", "save_pretrained",
-    "read_config", "load_weights_file", "adapt_state_dict", "load_state_dict_checked",
-    "adapt_in_chans", "model_card", "NORMALIZATION_METHODS", "check_normalization", "tensor_aliases",
+    "WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME", "FORMAT", "LoadReport", "WeightsSource",
+    "save_pretrained", "read_config", "load_weights_file", "load_state_dict_checked", "model_card",
+    "NORMALIZATION_METHODS", "check_normalization", "tensor_aliases",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -32,13 +34,27 @@ CARD_NAME = "README.md"
 FORMAT = "rasd_hub.weights"
 FORMAT_VERSION = 1
 
-#: intensity normalisations a weights config may name (``normalization.method``): ``minmax``
-#: scales each image into ``range``; ``zscore`` expects zero mean and unit variance
-NORMALIZATION_METHODS = ("minmax", "zscore")
-
 # rasd_config keys copied into config.json (and read back from it)
 _CONFIG_KEYS = ("architecture", "model_args", "features_only", "spatial_dims", "in_chans",
                 "out_channels", "input_divisor", "min_input_size", "head", "stem", "normalization")
+
+
+@dataclass
+class WeightsSource:
+    """Resolved weights: their (validated) config and a local safetensors file.
+
+    ``ref`` is a name that resolves to the same weights again (a registry tag, an absolute folder
+    path, or ``hf-hub:ORG/REPO@COMMIT``); ``repo_id`` and ``revision`` the Hub repo and commit.
+    """
+
+    config: dict[str, Any] | None
+    weights_file: Path | None
+    label: str
+    expected_sha256: str | None = None  # still to check before use
+    verified_sha256: str | None = None  # already checked (by the Hub layer)
+    ref: str | None = None
+    revision: str | None = None
+    repo_id: str | None = None
 
 
 @dataclass
@@ -102,42 +118,8 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         ) from None
     except json.JSONDecodeError as err:
         raise WeightsFormatError(f"{path} is not valid JSON ({err}); re-download or re-export it") from None
-    if not isinstance(config, dict) or "architecture" not in config or "model_args" not in config:
-        raise WeightsFormatError(
-            f"{path} has no 'architecture' / 'model_args': not a rasd_hub weights config "
-            "(re-export it with `rasd hub export` or `rasd hub convert`)"
-        )
-    check_normalization(config.get("normalization"), str(path))
+    check_config(config, str(path), arch_lookup=get_arch)
     return config
-
-
-def check_normalization(norm: Any, where: str) -> None:
-    """Refuse a ``normalization`` entry that does not say how to scale inputs: an unknown method
-    must never fall back to a default silently (fine-tuning would feed wrongly scaled images)."""
-    if norm is None:
-        return
-
-    def bad(what: str) -> None:
-        raise WeightsFormatError(
-            f"{where}: normalization {what}. Known methods: {', '.join(NORMALIZATION_METHODS)} "
-            "(minmax with \"range\": [lo, hi]); fix config.json or re-export the weights "
-            "with `rasd hub export`.")
-
-    if not isinstance(norm, Mapping):
-        bad(f"must be an object, got {norm!r}")
-    method = norm.get("method")
-    if method not in NORMALIZATION_METHODS:
-        bad(f"method {method!r} is unknown")
-    if method == "minmax":
-        lo_hi = norm.get("range")
-        if not (isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2
-                and all(isinstance(v, (int, float)) for v in lo_hi) and lo_hi[0] < lo_hi[1]):
-            bad(f"range {lo_hi!r} is not [lo, hi] with lo < hi")
-    for key in ("mean", "std"):
-        if key in norm and not (isinstance(norm[key], (int, float)) and math.isfinite(norm[key])):
-            bad(f"{key} {norm[key]!r} is not a number")
-    if "std" in norm and not norm["std"] > 0:
-        bad(f"std {norm['std']!r} is not positive")
 
 
 def load_weights_file(path: str | os.PathLike, expected_sha256: str | None = None) -> dict:
@@ -164,58 +146,6 @@ def load_weights_file(path: str | os.PathLike, expected_sha256: str | None = Non
 
 # ---------------------------------------------------------------------------------------------
 # adapting and loading
-
-
-def adapt_in_chans(weight, in_chans: int):
-    """Adapt a conv weight ``(out, c, *k)`` to ``in_chans`` input channels.
-
-    One target channel sums the source channels; otherwise the source channels are repeated
-    cyclically and rescaled by ``c / in_chans``, so a constant image gives the same response.
-    """
-    src = weight.shape[1]
-    if in_chans == src:
-        return weight
-    if in_chans == 1:
-        return weight.sum(dim=1, keepdim=True)
-    reps = math.ceil(in_chans / src)
-    new = weight.repeat(1, reps, *([1] * (weight.ndim - 2)))[:, :in_chans]
-    return (new * (src / in_chans)).contiguous()
-
-
-def adapt_state_dict(
-    state_dict: dict, model, source_config: Mapping[str, Any] | None = None
-) -> tuple[dict, LoadReport]:
-    """Apply the intentional changes between saved weights and ``model`` (a rasd_hub model).
-
-    - ``features_only`` model: keys of the decoder it lacks are dropped;
-    - different ``out_channels`` (``num_classes``): the head's keys are left out (fresh head);
-    - different ``in_chans``: the stem weights are adapted with :func:`adapt_in_chans`.
-    """
-    cfg = model.rasd_config
-    src = dict(source_config or {})
-    report = LoadReport()
-    sd = dict(state_dict)
-    own = model.state_dict()
-
-    for prefix in getattr(model, "dropped_prefixes", ()):
-        for k in [k for k in sd if k.startswith(prefix)]:
-            del sd[k]
-            report.dropped.append(k)
-
-    head = cfg.get("head")
-    src_out = src.get("out_channels")
-    if head and src_out is not None and cfg.get("out_channels") != src_out:
-        for k in [k for k in sd if k == head or k.startswith(head + ".")]:
-            del sd[k]
-        report.reinitialized = [k for k in own if k.startswith(head + ".")]
-
-    src_in = src.get("in_chans")
-    if src_in is not None and src_in != cfg["in_chans"]:
-        for k in cfg.get("stem", []):
-            if k in sd and k in own and sd[k].ndim >= 3 and sd[k].shape[1] == src_in:
-                sd[k] = adapt_in_chans(sd[k], cfg["in_chans"])
-                report.adapted.append(k)
-    return sd, report
 
 
 def tensor_aliases(state_dict: Mapping[str, Any]) -> dict[str, str]:
@@ -361,7 +291,12 @@ def save_pretrained(
             save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
             config = {"format": FORMAT, "format_version": FORMAT_VERSION}
             config.update({k: cfg.get(k) for k in _CONFIG_KEYS})
+            if cfg.get("head_type"):
+                config["head_type"] = cfg["head_type"]
             config["embedding_dim"] = cfg.get("out_channels")
+            # what timm's `hf-hub:` loader reads (timm.models.load_model_config_from_hf): it then
+            # calls the registered entry point, which loads through rasd_hub (rasd_hub._timm)
+            config["pretrained_cfg"] = timm_pretrained_cfg(model, license)
             config["license"] = license
             if base_model:
                 config["base_model"] = base_model
@@ -381,22 +316,41 @@ def save_pretrained(
     return out
 
 
-_TEMPLATE = """\
+def timm_pretrained_cfg(model, license: str) -> dict[str, Any]:
+    """The ``pretrained_cfg`` block of ``config.json`` in timm's field names."""
+    pcfg = getattr(model, "pretrained_cfg", None)
+    if pcfg is None:
+        return {}
+    out: dict[str, Any] = {
+        "input_size": list(pcfg.input_size), "min_input_size": pcfg.min_input_size,
+        "input_divisor": pcfg.input_divisor, "num_classes": pcfg.num_classes,
+        "first_conv": list(pcfg.first_conv), "classifier": pcfg.classifier,
+        "license": license, "paper": pcfg.paper, "library": "rasd_hub",
+    }
+    # timm applies (x - mean) / std after scaling into [0, 1]: the identity here, since the
+    # network saw [0, 1] images; the measured moments stay in config.json's "normalization"
+    out["mean"], out["std"] = [0.0] * pcfg.in_chans, [1.0] * pcfg.in_chans
+    out["interpolation"], out["crop_pct"] = "bilinear", 1.0
+    return out
+
+
+#: the card body (Jinja, rendered by huggingface_hub.ModelCard.from_template)
+_CARD_TEMPLATE = """\
 ---
-{front}
+{{ card_data }}
 ---
 
-# {title}
+# {{ title }}
 
-{description}
+{{ description }}
 
 | | |
 | --- | --- |
-| architecture | `{architecture}` ({dims}D, {params} parameters) |
-| input | {in_chans} channel(s), spatial sizes multiples of {divisor} (at least {min_size}) |
-| output | {out} channels{out_note} |
-| intensity normalisation | {norm} |
-| licence | {license} |
+| architecture | `{{ architecture }}` ({{ dims }}D, {{ params }} parameters) |
+| input | {{ in_chans }} channel(s), spatial sizes multiples of {{ divisor }} (at least {{ min_size }}) |
+| output | {{ out }} channels{{ out_note }} |
+| intensity normalisation | {{ norm }} |
+| licence | {{ license }} |
 
 ## Intended use
 
@@ -408,18 +362,21 @@ disentangling learning) and has never seen a real patient image.
 
 **Synthetic only**: random label maps and images generated on the fly; no real or patient data.
 
-{provenance}
+{{ provenance }}
 
 ## How to fine-tune
 
 ```python
 import rasd_hub
 
-model = rasd_hub.create_model("{load_name}", pretrained=True, num_classes=NUM_CLASSES)
-# in_chans=4 adapts the stem for multi-channel inputs (e.g. MRI sequences)
+model = rasd_hub.create_model("{{ load_name }}", pretrained=True, num_classes=NUM_CLASSES)
+# in_chans=4 adapts the stem for multi-channel inputs (e.g. MRI sequences);
+# head="classifier" pools the encoder into a linear layer for image-level labels
 ```
 
-or with nnU-Net v2: `rasd nnunet plan -d DATASET --weights {load_name}`, then
+From timm (after `import rasd_hub`): `timm.create_model("{{ load_name }}", pretrained=True)`.
+
+or with nnU-Net v2: `rasd nnunet plan -d DATASET --weights {{ load_name }}`, then
 `nnUNetv2_train DATASET CONFIG FOLD -p RaSDPlans -tr RaSDTrainer`.
 
 ## Limitations
@@ -433,23 +390,23 @@ own data.
 def model_card(
     config: Mapping[str, Any], *, description: str | None = None, load_name: str | None = None
 ) -> str:
-    """The ``README.md`` model card (YAML front matter + body) for a weights ``config``."""
-    import yaml  # PyYAML ships with huggingface_hub's dependencies
+    """The ``README.md`` model card for a weights ``config``: front matter from
+    ``huggingface_hub.ModelCardData``, body rendered by ``ModelCard.from_template``."""
+    from huggingface_hub import ModelCard, ModelCardData
 
     arch = config["architecture"]
     dims = config.get("spatial_dims")
     tags = ["rasd", "medical-imaging", "image-segmentation", "synthetic-data", "pytorch",
             "safetensors", "monai", f"{dims}d", arch]
-    front: dict[str, Any] = {"license": config.get("license", "apache-2.0"), "library_name": "rasd-hub",
-                             "tags": tags, "pipeline_tag": "image-segmentation"}
-    if config.get("base_model"):
-        front["base_model"] = config["base_model"]
+    license = config.get("license", "apache-2.0")
+    card_data = ModelCardData(license=license, library_name="rasd-hub", tags=tags,
+                              pipeline_tag="image-segmentation", base_model=config.get("base_model"))
     prov = config.get("provenance") or {}
     prov_md = "Provenance:\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in prov.items()) if prov else ""
     norm = config.get("normalization") or {}
     out = config.get("out_channels")
-    return _TEMPLATE.format(
-        front=yaml.safe_dump(front, sort_keys=False).strip(),
+    card = ModelCard.from_template(
+        card_data, template_str=_CARD_TEMPLATE,
         title=f"RaSD {arch}",
         description=description or f"`{arch}` pre-trained on purely synthetic data with RaSD.",
         architecture=arch, dims=dims,
@@ -459,6 +416,7 @@ def model_card(
         out="features" if config.get("features_only") else out,
         out_note=" (the pre-training embedding)" if out == 32 and not config.get("base_model") else "",
         norm=norm.get("description", norm.get("method", "see config.json")),
-        license=front["license"], provenance=prov_md,
+        license=license, provenance=prov_md,
         load_name=load_name or config.get("hub_id") or "hf-hub:ORG/REPO",
     )
+    return str(card)

@@ -11,6 +11,11 @@ import os
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# weights a developer installed (`rasd hub install`) must not change what the tests see: an empty
+# home of their own (read when rasd_hub.pretrained is imported; tests that install set their own)
+import tempfile  # noqa: E402
+
+os.environ["RASD_HUB_HOME"] = tempfile.mkdtemp(prefix="rasd-hub-home-")
 
 import pytest  # noqa: E402
 

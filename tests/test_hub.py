@@ -149,34 +149,55 @@ def test_corrupted_cached_blob_is_caught_offline_and_refetched_online(pushed, hu
     assert blob.exists()
 
 
-def test_pretrained_cfg_with_pinned_hub_source(pushed, hub_server, hf_cache, monkeypatch):
+@pytest.fixture
+def temporary_tags():
+    """register(cfg) adds a tag for one test."""
+    from rasd_hub.pretrained import register_pretrained
+    from rasd_hub._registry import unregister_pretrained
+
+    names = []
+
+    def register(cfg):
+        names.append(cfg.name)
+        return register_pretrained(cfg)
+
+    yield register
+    for name in names:
+        unregister_pretrained(name)
+
+
+def test_pretrained_cfg_with_pinned_hub_source(pushed, hub_server, hf_cache, temporary_tags):
     from rasd_hub import pretrained
 
     model, res = pushed
-    cfg = pretrained.PretrainedCfg("rasd2d_small", "test_hub", hf_hub_id=REPO, revision=res.commit,
-                                   sha256={"model.safetensors": res.sha256["model.safetensors"]})
-    monkeypatch.setitem(pretrained._CFGS, cfg.name, cfg)
+    pins = {k: res.sha256[k] for k in ("model.safetensors", "config.json")}
+    cfg = temporary_tags(pretrained.PretrainedCfg("rasd2d_small", "test_hub", hf_hub_id=REPO,
+                                                  revision=res.commit, sha256=pins))
     assert "rasd2d_small.test_hub" in rasd_hub.list_models(pretrained=True)
     loaded = rasd_hub.create_model("rasd2d_small.test_hub", pretrained=True, num_classes=2,
                                    endpoint=hub_server.url, cache_dir=hf_cache)
     assert loaded.rasd_config["out_channels"] == 2 and loaded.load_report.reinitialized
-    bad = pretrained.PretrainedCfg("rasd2d_small", "bad_pin", hf_hub_id=REPO, revision=res.commit,
-                                   sha256={"model.safetensors": "0" * 64})
-    monkeypatch.setitem(pretrained._CFGS, bad.name, bad)
+    temporary_tags(pretrained.PretrainedCfg("rasd2d_small", "bad_pin", hf_hub_id=REPO, revision=res.commit,
+                                            sha256={**pins, "model.safetensors": "0" * 64}))
     with pytest.raises(ChecksumMismatchError, match="0{64}"):
         rasd_hub.create_model("rasd2d_small.bad_pin", pretrained=True, endpoint=hub_server.url, cache_dir=hf_cache)
 
 
 def test_pretrained_cfg_requires_real_pins():
     from rasd_hub.errors import RasdValueError
-    from rasd_hub.pretrained import PretrainedCfg
+    from rasd_hub.pretrained import PretrainedCfg, register_pretrained
 
+    both = {"model.safetensors": "0" * 64, "config.json": "1" * 64}
     with pytest.raises(RasdValueError, match="commit"):
-        PretrainedCfg("rasd2d_small", "x", hf_hub_id="a/b", revision="main", sha256={"model.safetensors": "0" * 64})
+        register_pretrained(PretrainedCfg("rasd2d_small", "x", hf_hub_id="a/b", revision="main", sha256=both))
     with pytest.raises(RasdValueError, match="sha256"):
-        PretrainedCfg("rasd2d_small", "x", hf_hub_id="a/b", revision="0" * 40)
+        register_pretrained(PretrainedCfg("rasd2d_small", "x", hf_hub_id="a/b", revision="0" * 40))
+    with pytest.raises(RasdValueError, match="sha256 of config.json"):
+        register_pretrained(PretrainedCfg("rasd2d_small", "x", hf_hub_id="a/b", revision="0" * 40,
+                                          sha256={"model.safetensors": "0" * 64}))
     with pytest.raises(RasdValueError, match="no source"):
-        PretrainedCfg("rasd2d_small", "x")
+        register_pretrained(PretrainedCfg("rasd2d_small", "x"))
+    assert "rasd2d_small.x" not in rasd_hub.list_models(pretrained=True)
 
 
 def test_missing_repo_revision_and_file_give_clear_errors(pushed, hub_server, hf_cache, tmp_path):

@@ -383,7 +383,8 @@ def test_shipped_weights_load_offline_without_any_network(tmp_path):
 def test_shipped_weights_are_checked_against_their_pinned_sha256(tmp_path):
     import shutil
 
-    from rasd_hub.pretrained import PretrainedCfg, _CFGS, get_pretrained_cfg
+    from rasd_hub._registry import unregister_pretrained
+    from rasd_hub.pretrained import PretrainedCfg, get_pretrained_cfg, register_pretrained
 
     shipped = get_pretrained_cfg("rasd2d_small")
     copy = tmp_path / "weights"
@@ -391,14 +392,14 @@ def test_shipped_weights_are_checked_against_their_pinned_sha256(tmp_path):
     data = bytearray((copy / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF  # same size, one flipped byte in the last tensor
     (copy / "model.safetensors").write_bytes(bytes(data))
-    cfg = PretrainedCfg("rasd2d_small", "corrupted_copy", path=str(copy), sha256=dict(shipped.sha256))
-    _CFGS[cfg.name] = cfg
+    cfg = register_pretrained(PretrainedCfg("rasd2d_small", "corrupted_copy", path=str(copy),
+                                            sha256=dict(shipped.sha256)))
     try:
         with pytest.raises(ChecksumMismatchError) as err:
             rasd_hub.load(cfg.name)
         assert shipped.sha256["model.safetensors"] in str(err.value)
     finally:
-        del _CFGS[cfg.name]
+        unregister_pretrained(cfg.name)
 
 
 def test_loaded_model_carries_the_normalization_its_weights_were_trained_with():
@@ -439,24 +440,27 @@ def test_create_model_from_a_folder_takes_its_in_chans(tmp_path):
 def test_local_weights_that_disagree_with_their_pin_are_refused(tmp_path):
     import shutil
 
-    from rasd_hub.pretrained import PretrainedCfg, _CFGS, get_pretrained_cfg
+    from rasd_hub._registry import unregister_pretrained
+    from rasd_hub.pretrained import PretrainedCfg, get_pretrained_cfg, register_pretrained
 
     shipped = get_pretrained_cfg("rasd2d_small")
     rasd_hub.save_pretrained(rasd_hub.create_model("rasd2d_small"), tmp_path / "other")
-    cfg = PretrainedCfg("rasd2d_small", "replaced_folder", path=str(tmp_path / "other"),
-                        sha256=dict(shipped.sha256))
-    _CFGS[cfg.name] = cfg
+    # pinned by model.safetensors only here: the config.json pin has its own test
+    # (tests/test_configs.py::test_a_tag_pins_config_json_too)
+    model_pin = {"model.safetensors": shipped.sha256["model.safetensors"]}
+    cfg = register_pretrained(PretrainedCfg("rasd2d_small", "replaced_folder",
+                                            path=str(tmp_path / "other"), sha256=model_pin))
     try:
         with pytest.raises(ChecksumMismatchError, match="not the pinned weights") as err:
             rasd_hub.load(cfg.name)
         assert err.value.expected == shipped.sha256["model.safetensors"]
         # the pinned folder itself still loads
         shutil.copytree(Path(rasd_hub.__file__).parent / shipped.file, tmp_path / "copy")
-        _CFGS[cfg.name] = PretrainedCfg("rasd2d_small", "replaced_folder", path=str(tmp_path / "copy"),
-                                        sha256=dict(shipped.sha256))
+        register_pretrained(PretrainedCfg("rasd2d_small", "replaced_folder", path=str(tmp_path / "copy"),
+                                          sha256=dict(shipped.sha256)), replace=True)
         assert rasd_hub.load(cfg.name).rasd_config["pretrained"]["sha256"] == shipped.sha256["model.safetensors"]
     finally:
-        del _CFGS[cfg.name]
+        unregister_pretrained(cfg.name)
 
 
 @pytest.mark.parametrize("normalization, message", [

@@ -144,7 +144,7 @@ def test_nnssl_export_loads_strictly_into_nnunets_network_from_its_plan(tmp_path
 
 def test_nnssl_round_trip_through_convert_keeps_weights_and_normalization(tmp_path):
     model = rasd_hub.create_model("rasd3d_resenc_small").eval()
-    model.rasd_config["normalization"] = dict(model.rasd_config["normalization"], mean=0.4, std=0.2)
+    rasd_hub.set_normalization(model, dict(model.rasd_config["normalization"], mean=0.4, std=0.2))
     path = write_nnssl_checkpoint(model, tmp_path / "rasd.pth")
     out = convert_nnssl(path, tmp_path / "back")
     again = rasd_hub.load(out).eval()

@@ -35,6 +35,7 @@ from nnunet_plugin.datasets import dice_per_label
 from nnunet_plugin.evaluation.data import Case, RawDataset, Split, load_case
 from nnunet_plugin.evaluation.inits import build_model
 from nnunet_plugin.evaluation.intensity import IntensityScaler, fit_scaler
+from rasd_hub._device import resolve_device  # the project's one device resolver (re-exported)
 from nnunet_plugin.evaluation.errors import InitError
 from rasd_hub.errors import RasdValueError
 
@@ -148,14 +149,6 @@ class PatchSampler:
             images.append(np.ascontiguousarray(image, dtype=np.float32))
             labels.append(np.ascontiguousarray(label))
         return np.stack(images), np.stack(labels)
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _loss(logits, target, num_classes: int):

@@ -10,7 +10,6 @@ Loading, checksums, stem adaptation for the channel count and the fresh head are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nnunet_plugin.evaluation.errors import InitError
@@ -38,30 +37,31 @@ def _reword(err: RasdError, option: str, hint: str) -> None:
 
 
 def _weights_name(arch: str, init: str) -> tuple[str, Any]:
-    """(name, pretrained) arguments of ``create_model`` for a non-scratch ``init``."""
-    if init.startswith("hf-hub:"):
-        return init, True
-    path = Path(init).expanduser()
-    if path.exists() or "/" in init or init.startswith((".", "~")):
-        return arch, str(path)  # a weights folder or .safetensors file: rasd_hub says if missing
-    if init == arch or init.startswith(arch + "."):
-        return init, True  # the architecture's default tag, or ARCH.TAG
-    return f"{arch}.{init}", True
+    """(name, pretrained) arguments of ``create_model`` for a non-scratch ``init``: rasd_hub's
+    resolver decides what ``init`` is (a bare ``TAG`` means ``ARCH.TAG``)."""
+    from rasd_hub import LocalRef, parse_weights_ref
+
+    ref = parse_weights_ref(init, architecture=arch)
+    if isinstance(ref, LocalRef):
+        return arch, str(ref.path)  # a weights folder or .safetensors file: rasd_hub says if missing
+    return str(ref), True
 
 
 def _comparable_args(config: dict) -> dict:
     return {k: v for k, v in config["model_args"].items() if k not in _ADAPTED_ARGS}
 
 
-def build_model(model_name: str, init: str, num_classes: int | None, in_chans: int) -> BuiltModel:
+def build_model(model_name: str, init: str, num_classes: int | None, in_chans: int,
+                head: str | None = None) -> BuiltModel:
     """The network for ``init`` with ``num_classes`` outputs (``None`` keeps the weights' own
-    output layer, as the probe needs) and ``in_chans`` inputs. The caller seeds torch first."""
+    output layer, as the probe needs) and ``in_chans`` inputs; ``head="classifier"`` puts global
+    pooling and a linear layer on the encoder instead. The caller seeds torch first."""
     import rasd_hub
 
     try:
         arch, arch_source = rasd_hub.resolve_weights(model_name, False, need_weights=False)
         twin = rasd_hub.create_model(model_name, pretrained=False, num_classes=num_classes,
-                                     in_chans=in_chans)
+                                     in_chans=in_chans, head=head)
     except RasdError as err:
         _reword(err, f"--model {model_name!r}", "Give an architecture from `rasd hub list` "
                 "(e.g. rasd2d_small), a weights folder or hf-hub:ORG/REPO.")
@@ -73,7 +73,7 @@ def build_model(model_name: str, init: str, num_classes: int | None, in_chans: i
     name, pretrained = _weights_name(arch, init)
     try:
         model = rasd_hub.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                                      in_chans=in_chans)
+                                      in_chans=in_chans, head=head)
     except RasdError as err:
         _reword(err, f"--init {init!r}", "--init takes 'scratch', a tag from `rasd hub list`, "
                 "hf-hub:ORG/REPO@REV or a weights folder (rasd_hub.save_pretrained / "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from rasd_hub._device import resolve_device as resolve_project_device
 from rasd_hub.errors import RasdValueError
 
 from .config import SynthesisConfig
@@ -20,23 +21,8 @@ def resolve_device(device: str | torch.device | None, generator: torch.Generator
     generator that lives on another device.
     """
     if device is None:
-        resolved = generator.device if generator is not None else torch.device("cpu")
-    else:
-        try:
-            resolved = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise RasdValueError(f"unknown device {device!r}: use 'cpu' or 'cuda' (or 'cuda:N')") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RasdValueError(f"device {str(device)!r} was asked for but CUDA is not available here: use 'cpu'")
-        if resolved.index is None:
-            resolved = torch.device("cuda", torch.cuda.current_device())
-        if resolved.index >= torch.cuda.device_count():
-            raise RasdValueError(
-                f"device {str(resolved)!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)"
-            )
-    elif resolved.type != "cpu":
-        raise RasdValueError(f"unsupported device {str(resolved)!r}: use 'cpu' or 'cuda'")
+        device = generator.device if generator is not None else "cpu"
+    resolved = resolve_project_device(device)
     if generator is not None and _normalise(generator.device) != resolved:
         raise RasdValueError(
             f"the generator lives on {generator.device} but the batch is asked for on {resolved}: "

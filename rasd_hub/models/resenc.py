@@ -29,8 +29,9 @@ from dynamic_network_architectures.building_blocks.residual_encoders import Resi
 from torch.utils.checkpoint import checkpoint
 
 from rasd_hub._registry import register_model
+from rasd_hub._validate import ArgSpec
 from rasd_hub.errors import RasdValueError
-from rasd_hub.models._base import FeatureInfo, finalize
+from rasd_hub.models._base import FeatureInfo, RasdModelMixin, finalize
 
 __all__ = ["RasdResEncUNet", "RasdResEncUNetEncoder", "rasd2d_resencl", "rasd3d_resencl",
            "rasd2d_resenc_small", "rasd3d_resenc_small"]
@@ -59,7 +60,7 @@ def _stage_args(spatial_dims: int, features_per_stage: Sequence[int], strides: S
                 n_blocks_per_stage=[int(b) for b in n_blocks_per_stage])
 
 
-class _ResEncInterface:
+class _ResEncInterface(RasdModelMixin):
     """What rasd_hub needs from both the full network and its encoder (see ``finalize``)."""
 
     #: every decoder stage's segmentation layer: replaced as a whole when num_classes changes
@@ -76,16 +77,23 @@ class _ResEncInterface:
         """Recompute each encoder stage's activations in the backward pass (when training)."""
         self.grad_checkpointing = bool(enable)
 
-    def _encode(self, encoder: ResidualEncoder, x: torch.Tensor) -> list[torch.Tensor]:
+    def encoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each encoder stage's output, full resolution first (the decoder's skips)."""
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled() and self.training
         run = (lambda block, t: checkpoint(block, t, use_reentrant=False)) if use_ckpt else (
             lambda block, t: block(t))
-        x = run(encoder.stem, x)
+        x = run(self.encoder.stem, x)
         skips = []
-        for stage in encoder.stages:
+        for stage in self.encoder.stages:
             x = run(stage, x)
             skips.append(x)
         return skips
+
+    def encoder_info(self) -> list[dict[str, Any]]:
+        """``num_chs`` / ``reduction`` / ``module`` of each encoder stage's output."""
+        feats, strides = self.model_args["features_per_stage"], self.model_args["strides"]
+        return [dict(num_chs=int(c), reduction=math.prod(strides[:i + 1]), module=f"encoder.stages.{i}")
+                for i, c in enumerate(feats)]
 
     def dynamic_network_kwargs(self) -> dict[str, Any]:
         """The ``arch_kwargs`` nnU-Net's plans (and nnssl's adaptation plan) give this network,
@@ -165,8 +173,15 @@ class RasdResEncUNet(_ResEncInterface, ResidualEncoderUNet):
                           out_channels=out_channels, **stages, n_conv_per_stage_decoder=decoder,
                           deep_supervision=bool(deep_supervision)))
 
+    def _new_head(self, num_classes: int) -> nn.Module:
+        """A fresh segmentation layer on every decoder stage (nnU-Net's deep supervision uses each)."""
+        conv = _CONV[self.spatial_dims]
+        for i, layer in enumerate(self.decoder.seg_layers):
+            self.decoder.seg_layers[i] = conv(layer.in_channels, num_classes, 1, 1, 0, bias=True)
+        return self.decoder.seg_layers
+
     def forward(self, x: torch.Tensor):
-        return self.decoder(self._encode(self.encoder, x))
+        return self.decoder(self.encoder_features(x))
 
 
 class RasdResEncUNetEncoder(_ResEncInterface, nn.Module):
@@ -206,20 +221,64 @@ class RasdResEncUNetEncoder(_ResEncInterface, nn.Module):
         self._record(dict(spatial_dims=spatial_dims, in_channels=in_channels,
                           out_channels=out_channels, **stages, n_conv_per_stage_decoder=decoder,
                           deep_supervision=bool(deep_supervision)))
-        reductions = [math.prod(stages["strides"][:i + 1]) for i in range(n)]
-        self.feature_info = FeatureInfo(
-            [dict(num_chs=c, reduction=r, module=f"encoder.stages.{i}")
-             for i, (c, r) in enumerate(zip(stages["features_per_stage"], reductions))])
+        self.feature_info = FeatureInfo(self.encoder_info())
+        self.out_indices = list(range(n))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self._encode(self.encoder, x)
+        feats = self.encoder_features(x)
+        return [feats[i] for i in self.out_indices]
 
 
-def _resenc(name: str, defaults: dict, features_only: bool, kwargs: dict):
+def _resenc(name: str, defaults: dict, features_only: bool, out_indices, kwargs: dict):
     args = dict(defaults)
     args.update(kwargs)
     cls = RasdResEncUNetEncoder if features_only else RasdResEncUNet
-    return finalize(cls(**args), name, features_only)
+    return finalize(cls(**args), name, features_only, out_indices)
+
+
+def _resenc_check(args: dict):
+    n = len(args.get("features_per_stage") or ())
+    for field in ("strides", "n_blocks_per_stage"):
+        if field in args and n and len(args[field]) != n:
+            return field, f"needs one value per stage ({n}), got {len(args[field])}"
+    decoder = args.get("n_conv_per_stage_decoder")
+    if decoder is not None and n and len(decoder) != n - 1:
+        return "n_conv_per_stage_decoder", f"needs {n - 1} values (one fewer than the stages), got {len(decoder)}"
+    return None
+
+
+def _resenc_params(args: dict) -> int:
+    """Parameter count estimated from the arguments (within a factor 2; the tests check),
+    before anything is allocated: two k^d convolutions per residual block, the decoder's."""
+    dims = int(args.get("spatial_dims", 3))
+    kernels = args.get("kernel_sizes", 3)
+    feats = [int(f) for f in args.get("features_per_stage", (32, 64, 128, 256, 320, 320))]
+    blocks = [int(b) for b in args.get("n_blocks_per_stage", [1] * len(feats))]
+    kernels = [int(kernels)] * len(feats) if isinstance(kernels, int) else [int(k) for k in kernels]
+    total, prev = 0, int(args.get("in_channels", 1))
+    for f, b, k in zip(feats, blocks, kernels):
+        total += k ** dims * (prev * f + (2 * b - 1) * f * f)
+        prev = f
+    for lo, hi, k in zip(feats[:-1], feats[1:], kernels):
+        total += 2 ** dims * hi * lo + k ** dims * 2 * lo * lo  # transposed conv + decoder conv
+    return total
+
+
+RESENC_SCHEMA = {
+    "args": {
+        "spatial_dims": ArgSpec("int", choices=(2, 3)),
+        "in_channels": ArgSpec("int", low=1, high=1024),
+        "out_channels": ArgSpec("int", low=1, high=65536),
+        "features_per_stage": ArgSpec("int_list", low=1, high=4096, length=tuple(range(2, 11))),
+        "strides": ArgSpec("int_list", low=1, high=4, length=tuple(range(2, 11))),
+        "kernel_sizes": ArgSpec("int_list", low=1, high=7, length=tuple(range(2, 11))),
+        "n_blocks_per_stage": ArgSpec("int_list", low=1, high=32, length=tuple(range(2, 11))),
+        "n_conv_per_stage_decoder": ArgSpec("int_list", low=1, high=8, length=tuple(range(1, 10))),
+        "deep_supervision": ArgSpec("bool"),
+    },
+    "check": _resenc_check,
+    "params": _resenc_params,
+}
 
 
 # nnssl's ResEnc-L (and nnU-Net's nnUNetResEncUNetLPlans for a 160^3 patch): 6 stages 32..320
@@ -244,40 +303,40 @@ _LICENSE = "Apache-2.0 (dynamic_network_architectures network code)"
 
 
 @register_model(
-    spatial_dims=3, num_params=102_373_920, input_divisor=32, input_size=(1, 160, 160, 160),
+    args_schema=RESENC_SCHEMA, spatial_dims=3, num_params=102_373_920, input_divisor=32, input_size=(1, 160, 160, 160),
     source=_SOURCE, code_license=_LICENSE,
     description="ResEnc-L 3D (nnU-Net / nnssl): 6 stages 32-320 ch, 32-ch embedding",
 )
-def rasd3d_resencl(features_only: bool = False, **kwargs: Any) -> RasdResEncUNet:
+def rasd3d_resencl(features_only: bool = False, out_indices=None, **kwargs: Any) -> RasdResEncUNet:
     """ResEnc-L 3D: nnssl's pre-training layout (6 stages, 32..320 features, blocks 1-3-4-6-6-6)."""
-    return _resenc("rasd3d_resencl", _RESENCL_3D, features_only, kwargs)
+    return _resenc("rasd3d_resencl", _RESENCL_3D, features_only, out_indices, kwargs)
 
 
 @register_model(
-    spatial_dims=2, num_params=140_077_728, input_divisor=128, input_size=(1, 512, 512),
+    args_schema=RESENC_SCHEMA, spatial_dims=2, num_params=140_077_728, input_divisor=128, input_size=(1, 512, 512),
     source=_SOURCE, code_license=_LICENSE,
     description="ResEnc-L 2D (nnU-Net's 2D ResEnc-L layout for 512^2): 8 stages 32-512 ch",
 )
-def rasd2d_resencl(features_only: bool = False, **kwargs: Any) -> RasdResEncUNet:
+def rasd2d_resencl(features_only: bool = False, out_indices=None, **kwargs: Any) -> RasdResEncUNet:
     """ResEnc-L 2D: nnU-Net's ResEnc-L planner's 2D layout for 512x512 patches (8 stages)."""
-    return _resenc("rasd2d_resencl", _RESENCL_2D, features_only, kwargs)
+    return _resenc("rasd2d_resencl", _RESENCL_2D, features_only, out_indices, kwargs)
 
 
 @register_model(
-    spatial_dims=2, num_params=1_777_888, input_divisor=16, input_size=(1, 128, 128),
+    args_schema=RESENC_SCHEMA, spatial_dims=2, num_params=1_777_888, input_divisor=16, input_size=(1, 128, 128),
     source=_SOURCE_SMALL, code_license=_LICENSE,
     description="small 2D ResEnc U-Net 16-128 ch: pre-trains on a CPU in minutes",
 )
-def rasd2d_resenc_small(features_only: bool = False, **kwargs: Any) -> RasdResEncUNet:
+def rasd2d_resenc_small(features_only: bool = False, out_indices=None, **kwargs: Any) -> RasdResEncUNet:
     """Small 2D Residual Encoder U-Net: 5 stages, 16..128 features (CPU-friendly)."""
-    return _resenc("rasd2d_resenc_small", _RESENC_SMALL_2D, features_only, kwargs)
+    return _resenc("rasd2d_resenc_small", _RESENC_SMALL_2D, features_only, out_indices, kwargs)
 
 
 @register_model(
-    spatial_dims=3, num_params=1_297_728, input_divisor=16, input_size=(1, 64, 64, 64),
+    args_schema=RESENC_SCHEMA, spatial_dims=3, num_params=1_297_728, input_divisor=16, input_size=(1, 64, 64, 64),
     source=_SOURCE_SMALL, code_license=_LICENSE,
     description="small 3D ResEnc U-Net 8-64 ch: pre-trains on a CPU in minutes",
 )
-def rasd3d_resenc_small(features_only: bool = False, **kwargs: Any) -> RasdResEncUNet:
+def rasd3d_resenc_small(features_only: bool = False, out_indices=None, **kwargs: Any) -> RasdResEncUNet:
     """Small 3D Residual Encoder U-Net: 5 stages, 8..64 features (CPU-friendly)."""
-    return _resenc("rasd3d_resenc_small", _RESENC_SMALL_3D, features_only, kwargs)
+    return _resenc("rasd3d_resenc_small", _RESENC_SMALL_3D, features_only, out_indices, kwargs)

@@ -16,12 +16,13 @@ from monai.networks.nets import UNet
 from torch.utils.checkpoint import checkpoint
 
 from rasd_hub._registry import register_model
-from rasd_hub.models._base import FeatureInfo, finalize
+from rasd_hub._validate import ArgSpec
+from rasd_hub.models._base import FeatureInfo, RasdModelMixin, finalize
 
 __all__ = ["RasdUNet", "RasdUNetEncoder", "rasd2d", "rasd2d_small", "rasd3d_small"]
 
 
-class RasdUNet(UNet):
+class RasdUNet(RasdModelMixin, UNet):
     """MONAI residual UNet that records its arguments and supports gradient checkpointing.
 
     Args:
@@ -79,6 +80,37 @@ class RasdUNet(UNet):
             keys.append("model.0.residual.weight")
         return keys
 
+    def encoder_info(self) -> list[dict[str, Any]]:
+        """``num_chs`` / ``reduction`` / ``module`` of each down block's output and the bottleneck's."""
+        names, prefix = [], "model"
+        for _ in self.model_args["strides"]:
+            names.append(prefix + ".0")
+            prefix += ".1.submodule"
+        names.append(prefix)
+        reductions, r = [], 1
+        for s in self.model_args["strides"]:
+            r *= int(s)
+            reductions.append(r)
+        reductions.append(r)
+        return [dict(num_chs=int(c), reduction=red, module=m)
+                for c, red, m in zip(self.model_args["channels"], reductions, names)]
+
+    def encoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of each down block and of the bottleneck, top first."""
+        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled() and self.training
+        levels, bottom = self._levels()
+        feats = []
+        for block in [down for down, _ in levels] + [bottom]:
+            x = checkpoint(block, x, use_reentrant=False) if use_ckpt else block(x)
+            feats.append(x)
+        return feats
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        top = self.model[2]
+        upc = (top[0] if isinstance(top, nn.Sequential) else top).conv.in_channels
+        self.model[2] = self._get_up_layer(upc, num_classes, self.model_args["strides"][0], True)
+        return self.model[2]
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each down/up block's activations in the backward pass (when training).
 
@@ -112,49 +144,83 @@ class RasdUNet(UNet):
 class RasdUNetEncoder(RasdUNet):
     """The down path of :class:`RasdUNet` returning one feature map per level (``features_only``).
 
-    Returns the output of each down block and of the bottleneck, top first; channels are
-    ``channels`` and reductions the running product of ``strides`` (the bottleneck keeps the last
-    reduction). The up blocks are replaced by parameter-free identities, so the keys are a subset
-    of the full model's.
+    Returns the output of each down block and of the bottleneck, top first (those at
+    ``out_indices``); channels are ``channels`` and reductions the running product of ``strides``
+    (the bottleneck keeps the last reduction). The up blocks are replaced by parameter-free
+    identities, so the keys are a subset of the full model's.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        node, names, prefix = self.model, [], "model"
+        node, prefix = self.model, "model"
         #: state-dict prefixes of the full model that this encoder lacks (dropped when loading)
         self.dropped_prefixes: tuple[str, ...] = ()
         while isinstance(node, nn.Sequential) and len(node) == 3 and isinstance(node[1], SkipConnection):
             node[2] = nn.Identity()
             self.dropped_prefixes += (prefix + ".2.",)
-            names.append(prefix + ".0")
             prefix += ".1.submodule"
             node = node[1].submodule
-        names.append(prefix)
-        reductions, r = [], 1
-        for s in self.model_args["strides"]:
-            r *= int(s)
-            reductions.append(r)
-        reductions.append(r)
-        self.feature_info = FeatureInfo(
-            [dict(num_chs=int(c), reduction=red, module=m)
-             for c, red, m in zip(self.model_args["channels"], reductions, names)]
-        )
+        self.feature_info = FeatureInfo(self.encoder_info())
+        self.out_indices = list(range(len(self.feature_info)))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
-        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled() and self.training
-        levels, bottom = self._levels()
-        feats = []
-        for block in [down for down, _ in levels] + [bottom]:
-            x = checkpoint(block, x, use_reentrant=False) if use_ckpt else block(x)
-            feats.append(x)
-        return feats
+        feats = self.encoder_features(x)
+        return [feats[i] for i in self.out_indices]
 
 
-def _unet(name: str, defaults: dict, features_only: bool, kwargs: dict) -> RasdUNet:
+def _unet(name: str, defaults: dict, features_only: bool, out_indices, kwargs: dict) -> RasdUNet:
     args = dict(defaults)
     args.update(kwargs)
     cls = RasdUNetEncoder if features_only else RasdUNet
-    return finalize(cls(**args), name, features_only)
+    return finalize(cls(**args), name, features_only, out_indices)
+
+
+_ACTS = ("relu", "prelu", "leakyrelu", "gelu", "elu", "selu", "celu", "tanh", "sigmoid", "swish",
+         "mish", "memswish", "gelu_tanh", "softmax", "logsoftmax", "relu6", "hardswish")
+_NORMS = ("batch", "instance", "group", "layer", "localresponse", "syncbatch", "instance_nvfuser")
+
+
+def _unet_check(args: dict):
+    channels, strides = args.get("channels"), args.get("strides")
+    if channels is not None and strides is not None and len(strides) != len(channels) - 1:
+        return "strides", f"needs len(channels) - 1 = {len(channels) - 1} values, got {len(strides)}"
+    return None
+
+
+def _unet_params(args: dict) -> int:
+    """Parameter count estimated from the arguments (within a factor 2 of the real one; the
+    tests check), computed before anything is allocated."""
+    dims = int(args.get("spatial_dims", 2))
+    k = int(args.get("kernel_size", 3)) ** dims
+    units = max(1, int(args.get("num_res_units", 0)))
+    chans = [int(args.get("in_channels", 1)), *map(int, args.get("channels", ())),
+             int(args.get("out_channels", 32))]
+    total = 0
+    for a, b in zip(chans[:-1], chans[1:]):
+        total += k * (a * b + (units - 1) * b * b) * 2  # down and up paths
+    return total
+
+
+UNET_SCHEMA = {
+    "args": {
+        "spatial_dims": ArgSpec("int", choices=(2, 3)),
+        "in_channels": ArgSpec("int", low=1, high=1024),
+        "out_channels": ArgSpec("int", low=1, high=65536),
+        "channels": ArgSpec("int_list", low=1, high=16384, length=(2, 3, 4, 5, 6, 7, 8)),
+        "strides": ArgSpec("int_list", low=1, high=4, length=(1, 2, 3, 4, 5, 6, 7)),
+        "num_res_units": ArgSpec("int", low=0, high=16),
+        "act": ArgSpec("str", choices=_ACTS, pair=True),
+        "norm": ArgSpec("str", choices=_NORMS, pair=True),
+        "dropout": ArgSpec("float", low=0.0, high=1.0),
+        "kernel_size": ArgSpec("int", low=1, high=7),
+        "up_kernel_size": ArgSpec("int", low=1, high=7),
+        "bias": ArgSpec("bool"),
+        "adn_ordering": ArgSpec("str", choices=("nda", "nad", "dna", "dan", "and", "adn", "na", "an",
+                                                "nd", "dn", "ad", "da", "n", "a", "d", "")),
+    },
+    "check": _unet_check,
+    "params": _unet_params,
+}
 
 
 _RASD2D = dict(spatial_dims=2, in_channels=1, out_channels=32, channels=(64, 128, 256, 512, 1024),
@@ -173,30 +239,30 @@ _SOURCE_SMALL = "MONAI UNet; rasd-hub's CPU-sized variant (no released counterpa
 
 
 @register_model(
-    spatial_dims=2, num_params=51_177_536, input_divisor=16, input_size=(1, 512, 512), source=_SOURCE_2D,
+    args_schema=UNET_SCHEMA, spatial_dims=2, num_params=51_177_536, input_divisor=16, input_size=(1, 512, 512), source=_SOURCE_2D,
     released_checkpoint="RaSE_2D.pth",
     description="RaSD-2D: MONAI residual UNet 64-1024 ch, batch norm, 32-ch embedding",
 )
-def rasd2d(features_only: bool = False, **kwargs: Any) -> RasdUNet:
+def rasd2d(features_only: bool = False, out_indices=None, **kwargs: Any) -> RasdUNet:
     """RaSD-2D UNet (``RaSE_2D.pth`` layout): channels 64..1024, 4 residual units, batch norm."""
-    return _unet("rasd2d", _RASD2D, features_only, kwargs)
+    return _unet("rasd2d", _RASD2D, features_only, out_indices, kwargs)
 
 
 @register_model(
-    spatial_dims=2, num_params=1_643_024, input_divisor=16, input_size=(1, 128, 128), source=_SOURCE_SMALL,
+    args_schema=UNET_SCHEMA, spatial_dims=2, num_params=1_643_024, input_divisor=16, input_size=(1, 128, 128), source=_SOURCE_SMALL,
     description="small 2D UNet 16-256 ch, instance norm: pre-trains on a CPU in minutes",
 )
-def rasd2d_small(features_only: bool = False, **kwargs: Any) -> RasdUNet:
+def rasd2d_small(features_only: bool = False, out_indices=None, **kwargs: Any) -> RasdUNet:
     """Small RaSD 2D UNet: channels 16..256, 2 residual units, instance norm (CPU-friendly)."""
-    return _unet("rasd2d_small", _RASD2D_SMALL, features_only, kwargs)
+    return _unet("rasd2d_small", _RASD2D_SMALL, features_only, out_indices, kwargs)
 
 
 @register_model(
-    spatial_dims=3, num_params=1_243_336, input_divisor=16, input_size=(1, 64, 64, 64), source=_SOURCE_SMALL,
+    args_schema=UNET_SCHEMA, spatial_dims=3, num_params=1_243_336, input_divisor=16, input_size=(1, 64, 64, 64), source=_SOURCE_SMALL,
     description="small 3D UNet 8-128 ch, instance norm: pre-trains on a CPU in minutes",
     notes="a 3D UNet rather than a small Swin UNETR: at equal parameter count it ran ~5x faster "
           "per step on a 2-core CPU",
 )
-def rasd3d_small(features_only: bool = False, **kwargs: Any) -> RasdUNet:
+def rasd3d_small(features_only: bool = False, out_indices=None, **kwargs: Any) -> RasdUNet:
     """Small RaSD 3D UNet: channels 8..128, 2 residual units, instance norm (CPU-friendly)."""
-    return _unet("rasd3d_small", _RASD3D_SMALL, features_only, kwargs)
+    return _unet("rasd3d_small", _RASD3D_SMALL, features_only, out_indices, kwargs)
