@@ -49,6 +49,37 @@ register_pretrained(PretrainedCfg(
                 "wall_seconds": 141.9, "code_version": "rasd-hub 0.1.0"},
 ))
 
+register_pretrained(PretrainedCfg(
+    architecture="rasd2d_resenc_small",
+    tag="synth3000_cpu",
+    file="pretrained_weights/rasd2d_resenc_small.synth3000_cpu",
+    sha256={"model.safetensors": "2b878c85bb0c3d492ab08a066c60525dd6e2797a8637f0c108ca756b3192cc81",
+            "config.json": "f8ac2f7101746dc8edea660750cd8b4db5e3448a7eb88d4074c2d5024e304398"},
+    description="3k PDL steps on synthetic 64x64 images (official synthesis, 6 classes, batch 8), "
+                "2-vCPU CPU shared with other jobs, 25 min; shipped in the package",
+    provenance={"preset": "rasd2d_resenc_small", "steps": 3_000, "batch_size": 8, "seed": 0,
+                "device": "cpu (2 vCPUs, shared)", "wall_seconds": 1497.7,
+                "command": "rasd pretrain --preset rasd2d_resenc_small --steps 3000 "
+                           "--checkpoint-every 500 --seed 0",
+                "code_version": "rasd-hub 0.1.0"},
+))
+
+register_pretrained(PretrainedCfg(
+    architecture="rasd3d_resenc_small",
+    tag="synth2000_cpu",
+    file="pretrained_weights/rasd3d_resenc_small.synth2000_cpu",
+    sha256={"model.safetensors": "8c563c6c00e2d188950abf58ac1318ef362d07fae38c99457284b3ec445b95cb",
+            "config.json": "6e0ba79fc10b12c438900cefb61a1f4635fba7632e8971a0bcb4bfdaca11ef92"},
+    description="2k PDL steps on synthetic 32^3 volumes (official synthesis, 4 classes, batch 2), "
+                "2-vCPU CPU shared with other jobs, 23 min; shipped in the package",
+    provenance={"preset": "rasd3d_resenc_small", "steps": 2_000, "batch_size": 2, "size": 32,
+                "num_classes": 4, "seed": 0, "device": "cpu (2 vCPUs, shared)",
+                "wall_seconds": 1355.4,
+                "command": "rasd pretrain --preset rasd3d_resenc_small --steps 2000 "
+                           "--checkpoint-every 250 --seed 0",
+                "code_version": "rasd-hub 0.1.0"},
+))
+
 # weights installed on this machine with `rasd hub install` / `rasd hub convert --install`, pinned
 # by the sha256 of their files when they were installed; registered after the shipped tags, so an
 # installed tag is the default only of an architecture that ships none (rasd3d_swinb, rasd2d)
