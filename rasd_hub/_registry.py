@@ -195,7 +195,7 @@ def how_to_get_weights(architecture: str, header: bool = True) -> str:
         lines.append(
             f"  {n}. install the authors' released checkpoint ({spec.released_checkpoint}, from the "
             f"RaSD release at github.com/yweibs/RaSD) on this machine:\n"
-            f"       rasd hub convert {spec.released_checkpoint} --arch {architecture} --install")
+            f"       rasd hub convert {spec.released_checkpoint} --install")
         n += 1
     lines.append(
         f"  {n}. {'or ' if n > 1 else ''}install a weights folder you have (rasd hub export / "

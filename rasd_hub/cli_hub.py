@@ -69,8 +69,7 @@ def run_list(args) -> int:
         if info["weights"]:
             return info["weights"][0]["source"]
         if info["released_checkpoint"]:
-            return (f"none yet: rasd hub convert {info['released_checkpoint']} --arch "
-                    f"{info['name']} --install")
+            return f"none yet: rasd hub convert {info['released_checkpoint']} --install"
         return "none yet: rasd hub install WEIGHTS_DIR"
 
     sources = {i["name"]: source(i) for i in infos}
@@ -249,15 +248,16 @@ def configure_convert(parser):
     left out.
 
     Examples:
-      rasd hub convert RaSE_B.pth --arch rasd3d_swinb --install
+      rasd hub convert RaSE_B.pth --install
       rasd hub convert RaSE_B.pth weights/rasd3d_swinb --arch rasd3d_swinb
       rasd hub convert RaSE_2D.pth weights/rasd2d --arch rasd2d
     """
     parser.add_argument("checkpoint", help="released checkpoint (.pth)")
     parser.add_argument("out_dir", nargs="?", default=None,
                         help="output weights directory (optional with --install)")
-    parser.add_argument("--arch", required=True,
-                        help="architecture: rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d")
+    parser.add_argument("--arch", default=None,
+                        help="architecture: rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d "
+                        "(default: from the released file's name, RaSE_B.pth -> rasd3d_swinb)")
     parser.add_argument("--model-arg", action="append", type=_model_arg, default=[], metavar="KEY=VALUE",
                         help="override an architecture argument (VALUE is JSON), repeatable")
     parser.add_argument("--license", default="other", help="licence id for the card (default: other; "
@@ -272,11 +272,12 @@ def configure_convert(parser):
 def run_convert(args) -> int:
     import tempfile
 
-    from rasd_hub.convert import convert_checkpoint, install_weights
+    from rasd_hub.convert import architecture_for_release, convert_checkpoint, install_weights
     from rasd_hub.weights import read_config
 
     if args.out_dir is None and not args.install:
         raise RasdValueError("give OUT_DIR, or --install to install the converted weights on this machine")
+    args.arch = args.arch or architecture_for_release(args.checkpoint)
     with tempfile.TemporaryDirectory(prefix="rasd-convert-") as tmp:
         out_dir = args.out_dir or f"{tmp}/weights"
         out, summary = convert_checkpoint(args.checkpoint, out_dir, args.arch,
