@@ -30,11 +30,14 @@ import torch.nn as nn
 from nnunet_plugin.errors import PlansError
 
 __all__ = ["MappedNetwork", "RaSDNetwork", "NETWORK_CLASS", "architecture_entry", "is_rasd_architecture",
-           "comparable_model_args"]
+           "comparable_model_args", "has_deep_supervision"]
 
 NETWORK_CLASS = "nnunet_plugin.network.RaSDNetwork"
 #: model_args that create_model sets from the dataset (channels, classes), never from the plans
 IO_ARGS = ("in_channels", "out_channels")
+#: model_args nnU-Net switches per use (on in training, off in the predictor); the state-dict
+#: keys do not depend on them, so a checkpoint's architecture is compared without them
+SWITCHES = ("deep_supervision",)
 _EXTRA_STATE_FORMAT = 1
 
 
@@ -43,19 +46,30 @@ def comparable_model_args(model_args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in model_args.items() if k not in IO_ARGS}
 
 
+def has_deep_supervision(model_args: dict[str, Any]) -> bool:
+    """Whether the architecture has nnU-Net's deep-supervision outputs (the ResEnc U-Nets)."""
+    return "deep_supervision" in model_args
+
+
+def stage_strides(rasd_config: dict) -> list[list[int]]:
+    """Per-stage strides per axis, where nnU-Net reads them (``arch_kwargs['strides']``) for the
+    deep-supervision target scales."""
+    dims = int(rasd_config["spatial_dims"])
+    return [[int(s)] * dims for s in rasd_config["model_args"]["strides"]]
+
+
 def architecture_entry(rasd_config: dict, input_scale: Sequence[float],
                        input_shift: Sequence[float]) -> dict:
     """The plans' ``architecture`` entry for the network ``rasd_config`` describes."""
-    return {
-        "network_class_name": NETWORK_CLASS,
-        "arch_kwargs": {
-            "rasd_architecture": rasd_config["architecture"],
-            "rasd_model_args": comparable_model_args(rasd_config["model_args"]),
-            "input_scale": [float(s) for s in input_scale],
-            "input_shift": [float(s) for s in input_shift],
-        },
-        "_kw_requires_import": [],
+    kwargs = {
+        "rasd_architecture": rasd_config["architecture"],
+        "rasd_model_args": comparable_model_args(rasd_config["model_args"]),
+        "input_scale": [float(s) for s in input_scale],
+        "input_shift": [float(s) for s in input_shift],
     }
+    if has_deep_supervision(rasd_config["model_args"]):
+        kwargs["strides"] = stage_strides(rasd_config)
+    return {"network_class_name": NETWORK_CLASS, "arch_kwargs": kwargs, "_kw_requires_import": []}
 
 
 def is_rasd_architecture(architecture: dict | None) -> bool:
@@ -123,8 +137,11 @@ class RaSDNetwork(MappedNetwork):
         rasd_architecture: registered rasd_hub architecture (``rasd_hub.list_models()``).
         rasd_model_args: its arguments except ``in_channels`` / ``out_channels``.
         input_scale, input_shift: the plans' mapping, one value per image channel.
-        deep_supervision: nnU-Net's flag. rasd_hub's MONAI networks have a single output, so only
+        deep_supervision: nnU-Net's flag. The Residual Encoder U-Nets return every decoder
+            stage's output when it is set; rasd_hub's MONAI networks have a single output, so only
             ``False`` / ``None`` are accepted for them.
+        strides: per-stage strides (deep-supervised networks only): nnU-Net reads them from the
+            plans for the deep-supervision targets, so they must be the network's own.
 
     The scale and shift are the plans' values when built and the fold's own after a checkpoint is
     loaded. ``pretrained`` is the identity of the weights the fold started from (source, sha256,
@@ -134,27 +151,43 @@ class RaSDNetwork(MappedNetwork):
 
     def __init__(self, input_channels: int, num_classes: int, rasd_architecture: str,
                  rasd_model_args: dict[str, Any], input_scale: Sequence[float],
-                 input_shift: Sequence[float], deep_supervision: bool | None = None):
+                 input_shift: Sequence[float], deep_supervision: bool | None = None,
+                 strides: Sequence[Sequence[int]] | None = None):
         import rasd_hub
 
-        if deep_supervision:
+        args = dict(rasd_model_args)
+        if has_deep_supervision(args):
+            args["deep_supervision"] = bool(deep_supervision)
+        elif deep_supervision:
             raise PlansError(f"{rasd_architecture} has a single output; train it with deep "
                              "supervision off (the RaSD trainers do)")
         net = rasd_hub.create_model(rasd_architecture, pretrained=False, num_classes=num_classes,
-                                    in_chans=input_channels, **rasd_model_args)
+                                    in_chans=input_channels, **args)
         super().__init__(net, input_scale, input_shift, input_channels)
+        if strides is not None and [list(map(int, s)) for s in strides] != stage_strides(net.rasd_config):
+            raise PlansError(
+                f"the plans' strides {list(strides)} are not those of the {rasd_architecture} they "
+                f"describe ({stage_strides(net.rasd_config)}); run `rasd nnunet plan` again")
         self.pretrained: dict | None = None
 
+    @property
+    def decoder(self) -> nn.Module:
+        """The inner network's decoder, where nnU-Net switches deep supervision on and off."""
+        return self.net.decoder
+
     # ---------------------------------------------------------------- what a checkpoint carries
-    def get_extra_state(self) -> dict:
+    def _architecture(self) -> tuple[str, dict]:
         cfg = self.net.rasd_config
-        return {"format": _EXTRA_STATE_FORMAT, "architecture": cfg["architecture"],
-                "model_args": comparable_model_args(cfg["model_args"]),
+        args = {k: v for k, v in comparable_model_args(cfg["model_args"]).items() if k not in SWITCHES}
+        return cfg["architecture"], args
+
+    def get_extra_state(self) -> dict:
+        architecture, args = self._architecture()
+        return {"format": _EXTRA_STATE_FORMAT, "architecture": architecture, "model_args": args,
                 "pretrained": self.pretrained}
 
     def set_extra_state(self, state: dict) -> None:
-        cfg = self.net.rasd_config
-        ours = (cfg["architecture"], comparable_model_args(cfg["model_args"]))
+        ours = self._architecture()
         theirs = (state.get("architecture"), state.get("model_args"))
         if theirs != ours:
             raise PlansError(

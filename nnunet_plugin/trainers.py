@@ -14,7 +14,10 @@ trainer                                    what it changes
 ``RaSDTrainerSmallFromScratch``            ... randomly initialised
 ``RaSDTrainerSmall_20epochs_cpu``          20 short epochs, a checkpoint every epoch
 ``RaSDTrainerSmall_2epochs_cpu``           2 tiny epochs (smoke tests)
+``RaSDTrainerSGD``                         nnssl's CNN fine-tuning optimiser: SGD, peak lr 1e-3
 (``...FromScratch_...`` twins)
+``nnUNetTrainer_RaSDBudget_20epochs_cpu``  nnU-Net's own trainer at the short CPU budget
+                                           (baseline with nnU-Net's default plans)
 =========================================  ==================================================
 
 What a fold does, in nnU-Net's order:
@@ -49,7 +52,7 @@ from torch._dynamo import OptimizedModule
 
 from nnunet_plugin import pretrained
 from nnunet_plugin.errors import PlansError
-from nnunet_plugin.network import is_rasd_architecture
+from nnunet_plugin.network import has_deep_supervision, is_rasd_architecture
 from nnunet_plugin.normalization import plan_input_mapping
 from nnunet_plugin.planning import planned_weights
 from nnunet_plugin.schedule import WarmupPolyLR, warmup_epochs_for
@@ -58,7 +61,9 @@ from rasd_hub.errors import RasdError
 __all__ = [
     "RaSDTrainer", "RaSDTrainerFromScratch", "RaSDTrainerSmall", "RaSDTrainerSmallFromScratch",
     "RaSDTrainerSmall_20epochs_cpu", "RaSDTrainerSmallFromScratch_20epochs_cpu",
-    "RaSDTrainerSmall_2epochs_cpu", "RaSDTrainerSmallFromScratch_2epochs_cpu", "SEED_VAR",
+    "RaSDTrainerSmall_2epochs_cpu", "RaSDTrainerSmallFromScratch_2epochs_cpu", "RaSDTrainerSGD",
+    "RaSDTrainerSGDFromScratch", "RaSDTrainerSGD_20epochs_cpu", "RaSDTrainerSGDFromScratch_20epochs_cpu",
+    "nnUNetTrainer_RaSDBudget_20epochs_cpu", "SEED_VAR",
 ]
 
 SEED_VAR = "RASD_SEED"
@@ -120,8 +125,9 @@ class RaSDTrainer(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = self.peak_lr
         self.weight_decay = self.fine_tune_weight_decay
-        # rasd_hub's MONAI networks have one output; nnU-Net's deep-supervision loss expects several
-        self.enable_deep_supervision = False
+        # the ResEnc U-Nets train with nnU-Net's deep supervision; the MONAI networks have one output
+        self.enable_deep_supervision = has_deep_supervision(
+            self.configuration_manager.network_arch_init_kwargs["rasd_model_args"])
         self.seed = int(os.environ.get(SEED_VAR, "0"))
         self._restoring_nnunet_checkpoint = False
         self._log_plans()
@@ -228,19 +234,24 @@ class RaSDTrainer(nnUNetTrainer):
         self._seed(self.current_epoch)
         super().on_train_epoch_start()
 
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr,
+                                 weight_decay=self.weight_decay)
+
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr,
-                                      weight_decay=self.weight_decay)
+        optimizer = self._optimizer()
         warmup = warmup_epochs_for(self.num_epochs, self.warmup_fraction)
         scheduler = WarmupPolyLR(optimizer, self.initial_lr, self.num_epochs, warmup)
-        self.print_to_log_file(f"RaSD: AdamW lr {self.initial_lr:g} weight decay {self.weight_decay:g}, "
-                               f"linear warm-up {warmup} epoch(s) then poly decay to epoch {self.num_epochs}")
+        self.print_to_log_file(f"RaSD: {type(optimizer).__name__} lr {self.initial_lr:g} weight decay "
+                               f"{self.weight_decay:g}, linear warm-up {warmup} epoch(s) then poly "
+                               f"decay to epoch {self.num_epochs}")
         return optimizer, scheduler
 
     def set_deep_supervision_enabled(self, enabled: bool):
         # rasd_hub's MONAI networks have a single output: nothing to switch (the base reaches for
-        # .decoder.deep_supervision, which they do not have)
-        pass
+        # .decoder.deep_supervision, which only the ResEnc U-Nets have)
+        if self.enable_deep_supervision:
+            super().set_deep_supervision_enabled(enabled)
 
 
 class RaSDTrainerFromScratch(RaSDTrainer):
@@ -260,6 +271,25 @@ class RaSDTrainerSmall(RaSDTrainer):
 
 class RaSDTrainerSmallFromScratch(RaSDTrainerSmall):
     """From-scratch twin of :class:`RaSDTrainerSmall`."""
+
+    load_pretrained_weights = False
+
+
+class RaSDTrainerSGD(RaSDTrainer):
+    """nnssl's fine-tuning optimiser for pre-trained CNNs (the Residual Encoder U-Nets): nnU-Net's
+    SGD (momentum 0.99, Nesterov, weight decay 3e-5) at peak lr 1e-3 instead of AdamW, with the
+    same warm-up and poly decay."""
+
+    peak_lr = 1e-3
+    fine_tune_weight_decay = 3e-5
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                               momentum=0.99, nesterov=True)
+
+
+class RaSDTrainerSGDFromScratch(RaSDTrainerSGD):
+    """From-scratch twin of :class:`RaSDTrainerSGD`."""
 
     load_pretrained_weights = False
 
@@ -305,3 +335,16 @@ class RaSDTrainerSmallFromScratch_2epochs_cpu(_ShortCPURun, RaSDTrainerSmallFrom
     short_epochs = 2
     short_iterations = 3
     short_val_iterations = 1
+
+
+class RaSDTrainerSGD_20epochs_cpu(_ShortCPURun, RaSDTrainerSGD):
+    """20 epochs of 12 iterations of :class:`RaSDTrainerSGD`."""
+
+
+class RaSDTrainerSGDFromScratch_20epochs_cpu(_ShortCPURun, RaSDTrainerSGDFromScratch):
+    """From-scratch twin of :class:`RaSDTrainerSGD_20epochs_cpu`."""
+
+
+class nnUNetTrainer_RaSDBudget_20epochs_cpu(_ShortCPURun, nnUNetTrainer):
+    """nnU-Net's own trainer (its network, SGD 1e-2, poly) at the short CPU variants' budget: the
+    baseline nnU-Net users compare against, with nnU-Net's default plans."""

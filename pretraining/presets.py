@@ -99,6 +99,43 @@ PRESETS: dict[str, Preset] = {
             notes="32^3 with 4 classes keeps regions several voxels wide at 1/8 of a 64^3 "
             "volume's cost; lr 1e-3 with warm-up for a short run",
         ),
+        Preset(
+            name="rasd3d_resencl",
+            description="nnU-Net's ResEnc-L 3D (102M params, nnssl's layout), 128^3, 8 classes",
+            architecture="rasd3d_resencl",
+            model_kwargs={},
+            spatial_dims=3, size=128, num_classes=8, batch_size=2, lr=1e-5, steps=_PAPER_STEPS,
+            checkpoint_every=5000, log_every=50,
+            notes="the paper's 3D recipe (128^3, batch 2 per GPU, AdamW 1e-5, constant) on "
+            "nnU-Net's network; 128 is a multiple of its divisor 32",
+        ),
+        Preset(
+            name="rasd2d_resencl",
+            description="nnU-Net's 2D ResEnc-L layout (140M params), 512^2, 16 classes",
+            architecture="rasd2d_resencl",
+            model_kwargs={},
+            spatial_dims=2, size=512, num_classes=16, batch_size=16, lr=1e-5, steps=_PAPER_STEPS,
+            checkpoint_every=5000, log_every=50,
+            notes="the paper's 2D recipe on nnU-Net's network (divisor 128)",
+        ),
+        Preset(
+            name="rasd2d_resenc_small",
+            description="small 2D ResEnc U-Net (1.8M params), 64^2, 6 classes: a CPU run in minutes",
+            architecture="rasd2d_resenc_small",
+            model_kwargs={},
+            spatial_dims=2, size=64, num_classes=6, batch_size=8, lr=1e-3, steps=300,
+            warmup_steps=20, schedule="cosine", grad_clip=1.0, checkpoint_every=100, log_every=10,
+            notes="rasd2d_small's recipe on nnU-Net's network",
+        ),
+        Preset(
+            name="rasd3d_resenc_small",
+            description="small 3D ResEnc U-Net (1.3M params), 32^3, 4 classes: a CPU run in minutes",
+            architecture="rasd3d_resenc_small",
+            model_kwargs={},
+            spatial_dims=3, size=32, num_classes=4, batch_size=2, lr=1e-3, steps=200,
+            warmup_steps=20, schedule="cosine", grad_clip=1.0, checkpoint_every=50, log_every=5,
+            notes="rasd3d_small's recipe on nnU-Net's network",
+        ),
     ]
 }
 

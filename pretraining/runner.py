@@ -31,6 +31,7 @@ step on (reported on stderr and in metrics.jsonl); the model and data geometry c
 
 from __future__ import annotations
 
+import gc
 import math
 import signal
 import time
@@ -377,4 +378,9 @@ def run_pretraining(
             trainer.resume()
         return trainer.fit()
     finally:
+        # DDP's reducer keeps the process group alive: if it outlived destroy_process_group,
+        # gloo's worker threads would be torn down during interpreter exit and abort the
+        # process (SIGABRT, "terminate called without an active exception") after a good run
+        trainer = None
+        gc.collect()
         ctx.shutdown()

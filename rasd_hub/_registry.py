@@ -75,6 +75,7 @@ def register_model(
     released_checkpoint: str | None = None,
     pretrain_preset: str | None = "",
     args_schema: Any = None,
+    code_license: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator that registers an entry point under its function name."""
 
@@ -89,6 +90,7 @@ def register_model(
             released_checkpoint=released_checkpoint,
             pretrain_preset=name if pretrain_preset == "" else pretrain_preset,
             args_schema=args_schema,
+            **({"code_license": code_license} if code_license else {}),
         )
         return fn
 

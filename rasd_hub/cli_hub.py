@@ -204,20 +204,36 @@ def configure_export(parser):
     the run's measured input moments (config.json 'normalization'): the final checkpoint gives
     exactly the run's own OUT/export. OUT_DIR is written beside and swapped in as a whole.
 
-    Example:
+    --format nnssl writes OUT as one nnssl checkpoint (.pth: network_weights +
+    nnssl_adaptation_plan) instead, for nnU-Net's own fine-tuning from nnssl checkpoints (3D
+    Residual Encoder U-Nets only).
+
+    Examples:
       rasd hub export runs/r1/checkpoints/step_0001000.pt weights/rasd2d_small
+      rasd hub export runs/resenc/checkpoints/step_0000200.pt rasd3d_resenc_small.pth --format nnssl
     """
     parser.add_argument("checkpoint", help="training checkpoint (.pt)")
-    parser.add_argument("out_dir", help="output weights directory")
+    parser.add_argument("out_dir", help="output weights directory (with --format nnssl: the .pth file)")
+    parser.add_argument("--format", choices=("rasd", "nnssl"), default="rasd",
+                        help="rasd_hub weights folder (default) or an nnssl checkpoint")
     parser.add_argument("--license", default="apache-2.0", help="licence id for the model card")
     parser.add_argument("--base-model", default=None, help="Hub id these weights were fine-tuned from")
     parser.set_defaults(func=run_export)
 
 
 def run_export(args) -> int:
-    from rasd_hub.convert import export_checkpoint
+    from rasd_hub.convert import export_checkpoint, model_from_checkpoint
     from rasd_hub.weights import read_config
 
+    if args.format == "nnssl":
+        from rasd_hub.nnssl import write_nnssl_checkpoint
+
+        model, provenance = model_from_checkpoint(args.checkpoint)
+        out = write_nnssl_checkpoint(model, args.out_dir, provenance=provenance)
+        print(f"exported {model.rasd_config['architecture']} to {out} (nnssl checkpoint)")
+        print(f"fine-tune in nnU-Net with `nnUNetv2_preprocess_like_nnssl ... -pc {out}`, or import "
+              f"it back with `rasd hub convert {out} OUT_DIR`")
+        return 0
     out = export_checkpoint(args.checkpoint, args.out_dir, license=args.license, base_model=args.base_model)
     cfg = read_config(out)
     print(f"exported {cfg['architecture']} to {out}\n  sha256: {cfg['weights']['sha256']}  model.safetensors")
@@ -243,6 +259,9 @@ def configure_convert(parser):
     module. / backbone. prefixes, swin_vit spelling), reads with torch.load(weights_only=True),
     loads strictly and writes model.safetensors + config.json + README.md.
 
+    An nnssl checkpoint (network_weights + nnssl_adaptation_plan of a Residual Encoder U-Net)
+    needs no --arch: its adaptation plan gives the architecture, checked field by field.
+
     With --install the weights are also installed on this machine (see `rasd hub install`), so
     rasd_hub.create_model(ARCH, pretrained=True) works offline from then on; OUT_DIR may then be
     left out.
@@ -251,13 +270,15 @@ def configure_convert(parser):
       rasd hub convert RaSE_B.pth --install
       rasd hub convert RaSE_B.pth weights/rasd3d_swinb --arch rasd3d_swinb
       rasd hub convert RaSE_2D.pth weights/rasd2d --arch rasd2d
+      rasd hub convert nnssl_resencl.pth weights/resencl_nnssl
     """
-    parser.add_argument("checkpoint", help="released checkpoint (.pth)")
+    parser.add_argument("checkpoint", help="released checkpoint (.pth) or nnssl checkpoint")
     parser.add_argument("out_dir", nargs="?", default=None,
                         help="output weights directory (optional with --install)")
     parser.add_argument("--arch", default=None,
                         help="architecture: rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d "
-                        "(default: from the released file's name, RaSE_B.pth -> rasd3d_swinb)")
+                        "(default: from the released file's name, RaSE_B.pth -> rasd3d_swinb; "
+                        "not for nnssl checkpoints)")
     parser.add_argument("--model-arg", action="append", type=_model_arg, default=[], metavar="KEY=VALUE",
                         help="override an architecture argument (VALUE is JSON), repeatable")
     parser.add_argument("--license", default="other", help="licence id for the card (default: other; "
@@ -273,20 +294,31 @@ def run_convert(args) -> int:
     import tempfile
 
     from rasd_hub.convert import architecture_for_release, convert_checkpoint, install_weights
+    from rasd_hub.nnssl import convert_nnssl, is_nnssl_checkpoint
     from rasd_hub.weights import read_config
 
     if args.out_dir is None and not args.install:
         raise RasdValueError("give OUT_DIR, or --install to install the converted weights on this machine")
-    args.arch = args.arch or architecture_for_release(args.checkpoint)
+    nnssl = is_nnssl_checkpoint(args.checkpoint)
+    if nnssl and (args.arch or args.model_arg):
+        raise RasdValueError(f"{args.checkpoint} is an nnssl checkpoint: its adaptation plan "
+                             "gives the architecture; drop --arch / --model-arg")
+    if not nnssl:
+        args.arch = args.arch or architecture_for_release(args.checkpoint)
     with tempfile.TemporaryDirectory(prefix="rasd-convert-") as tmp:
         out_dir = args.out_dir or f"{tmp}/weights"
-        out, summary = convert_checkpoint(args.checkpoint, out_dir, args.arch,
-                                          model_args=dict(args.model_arg), license=args.license)
-        cfg = read_config(out)
-        print(f"converted {args.checkpoint} ({args.arch})" + (f" -> {out}" if args.out_dir else ""))
-        print(f"  layout: {', '.join(summary['steps']) or 'plain state dict'}")
-        print(f"  source sha256: {summary['source_sha256']}")
-        print(f"  sha256: {cfg['weights']['sha256']}  model.safetensors")
+        target = f" -> {out_dir}" if args.out_dir else ""
+        if nnssl:
+            out = convert_nnssl(args.checkpoint, out_dir, license=args.license)
+            print(f"converted nnssl checkpoint {args.checkpoint}{target}")
+        else:
+            out, summary = convert_checkpoint(args.checkpoint, out_dir, args.arch,
+                                              model_args=dict(args.model_arg), license=args.license)
+            cfg = read_config(out)
+            print(f"converted {args.checkpoint} ({args.arch}){target}")
+            print(f"  layout: {', '.join(summary['steps']) or 'plain state dict'}")
+            print(f"  source sha256: {summary['source_sha256']}")
+            print(f"  sha256: {cfg['weights']['sha256']}  model.safetensors")
         if args.install:
             _print_installed(install_weights(out, tag=args.tag))
         else:

@@ -19,8 +19,9 @@ from rasd_hub._validate import check_normalization
 from rasd_hub.errors import StateDictMismatchError, WeightsFormatError
 from rasd_hub.weights import load_state_dict_checked, save_pretrained
 
-__all__ = ["export_checkpoint", "convert_checkpoint", "unwrap_released_state_dict", "read_checkpoint",
-           "install_weights", "default_install_tag", "architecture_for_release"]
+__all__ = ["export_checkpoint", "model_from_checkpoint", "convert_checkpoint",
+           "unwrap_released_state_dict", "read_checkpoint", "install_weights", "default_install_tag",
+           "architecture_for_release"]
 
 #: containers the released downstream loader unwraps, outermost first
 WRAPPER_KEYS = ("state_dict", "network_weights", "net", "student", "model")
@@ -165,12 +166,24 @@ def export_checkpoint(
 ) -> Path:
     """Turn a pre-training checkpoint into our weights format (docs/architecture.md contract).
 
+    Rebuilds the model with :func:`model_from_checkpoint` and writes ``model.safetensors`` +
+    ``config.json`` + ``README.md``: the same folder as the runner's own end-of-run export (which
+    calls this function on its final checkpoint).
+    """
+    from rasd_hub.weights import save_pretrained
+
+    model, provenance = model_from_checkpoint(checkpoint)
+    return save_pretrained(model, out_dir, provenance=provenance, license=license,
+                           base_model=base_model, description=description)
+
+
+def model_from_checkpoint(checkpoint: str | os.PathLike):
+    """The model a pre-training checkpoint holds, and the run's provenance.
+
     Reads ``model`` (state dict), ``model_config`` (the model's ``rasd_config``) and
-    ``provenance`` with ``torch.load(weights_only=True)``, rebuilds the model from the config,
-    loads the weights strictly and writes ``model.safetensors`` + ``config.json`` + ``README.md``.
-    What the run recorded about its inputs (``normalization``, e.g. the measured moments of the
-    synthetic images) is kept, so this gives the same folder as the runner's own end-of-run
-    export (which calls this function on its final checkpoint).
+    ``provenance`` with ``torch.load(weights_only=True)``, rebuilds the model from the config and
+    loads the weights strictly. What the run recorded about its inputs (``normalization``, e.g.
+    the measured moments of the synthetic images) is kept.
     """
     import torch
 
@@ -194,8 +207,7 @@ def export_checkpoint(
     load_state_dict_checked(model, sd, strict=True, source=str(checkpoint))
     provenance = dict(ckpt.get("provenance") or {})
     provenance.setdefault("checkpoint", Path(checkpoint).name)
-    return save_pretrained(model, out_dir, provenance=provenance, license=license,
-                           base_model=base_model, description=description)
+    return model, provenance
 
 
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_]*$")

@@ -25,7 +25,7 @@ from rasd_hub.errors import ChecksumMismatchError, StateDictMismatchError, Weigh
 __all__ = [
     "WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME", "FORMAT", "LoadReport", "WeightsSource",
     "save_pretrained", "read_config", "load_weights_file", "load_state_dict_checked", "model_card",
-    "NORMALIZATION_METHODS", "check_normalization",
+    "NORMALIZATION_METHODS", "check_normalization", "tensor_aliases",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -148,6 +148,26 @@ def load_weights_file(path: str | os.PathLike, expected_sha256: str | None = Non
 # adapting and loading
 
 
+def tensor_aliases(state_dict: Mapping[str, Any]) -> dict[str, str]:
+    """``{alias: first name}`` for keys that name the very same tensor as an earlier key.
+
+    nnU-Net's networks register modules twice (the decoder holds the encoder, a conv block lists
+    its layers again in ``all_modules``), so one parameter appears under several keys. Our files
+    store each tensor once, under its first name; loading into the module fills every alias.
+    """
+    first: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for k, v in state_dict.items():
+        if not hasattr(v, "untyped_storage") or v.numel() == 0:
+            continue
+        ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride())
+        if ident in first:
+            aliases[k] = first[ident]
+        else:
+            first[ident] = k
+    return aliases
+
+
 def load_state_dict_checked(
     model, state_dict: Mapping[str, Any], *, strict: bool = True, report: LoadReport | None = None,
     source: str = "",
@@ -172,7 +192,12 @@ def load_state_dict_checked(
         else:
             target = own[k]
             matched[k] = v if v.dtype == target.dtype else v.to(target.dtype)
-    report.missing = [k for k in own if k not in state_dict and k not in reinit]
+    aliases = tensor_aliases(own)
+    # an alias is loaded with the tensor it names (the same module), so only its first name counts
+    report.missing = [k for k in own if k not in state_dict and k not in reinit
+                      and not (k in aliases and aliases[k] in state_dict)]
+    for k in [k for k in matched if k in aliases and aliases[k] in matched]:
+        del matched[k]  # assigning the first name already replaced the shared tensor
     where = f" from {source}" if source else ""
     if not report.ok:
         cfg = getattr(model, "rasd_config", {})
@@ -244,8 +269,11 @@ def save_pretrained(
     out = Path(out_dir)
     check_normalization(cfg.get("normalization"), "the model's rasd_config")
     sd = state_dict if state_dict is not None else model.state_dict()
+    aliases = tensor_aliases(model.state_dict())
     tensors, seen = {}, set()
     for k, v in sd.items():
+        if k in aliases and aliases[k] in sd:
+            continue  # the same tensor under a second module path: saved once, under its first name
         v = v.detach().cpu()
         ptr = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
         if not v.is_contiguous() or (ptr is not None and ptr in seen):

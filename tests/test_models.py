@@ -18,7 +18,8 @@ from rasd_hub.errors import (
     WeightsFormatError, WeightsNotAvailableError,
 )
 
-ALL = ["rasd2d", "rasd2d_small", "rasd3d_small", "rasd3d_swinb", "rasd3d_swinh", "rasd3d_swinl"]
+ALL = ["rasd2d", "rasd2d_resenc_small", "rasd2d_resencl", "rasd2d_small", "rasd3d_resenc_small",
+       "rasd3d_resencl", "rasd3d_small", "rasd3d_swinb", "rasd3d_swinh", "rasd3d_swinl"]
 # small kwargs per architecture so that tests run in seconds on a shared 2-core CPU
 SMALL = {
     "rasd2d": dict(channels=[8, 16, 32, 64, 128]),
@@ -29,11 +30,19 @@ SMALL = {
     "rasd3d_swinb": dict(feature_size=12, norm_name="batch"),
     "rasd3d_swinl": dict(feature_size=12, norm_name="batch"),
     "rasd3d_swinh": dict(feature_size=12, norm_name="batch"),
+    # nnU-Net's ResEnc-L layouts at width 4 (their stage count and blocks kept)
+    "rasd2d_resencl": dict(features_per_stage=[4] * 8),
+    "rasd3d_resencl": dict(features_per_stage=[4] * 6),
+    "rasd2d_resenc_small": {},
+    "rasd3d_resenc_small": {},
 }
 
 
 def size_for(name: str) -> tuple[int, ...]:
-    return (32,) * rasd_hub.model_info(name)["spatial_dims"]
+    info = rasd_hub.model_info(name)
+    # instance norm at the bottleneck needs two voxels per axis there (Swin runs with batch norm)
+    side = 2 * info["input_divisor"] if "resenc" in name else 32
+    return (side,) * info["spatial_dims"]
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +58,8 @@ def test_import_is_light():
 
 def test_registry_lists_every_architecture():
     assert rasd_hub.list_models() == ALL
-    assert rasd_hub.list_models("rasd3d*") == ["rasd3d_small", "rasd3d_swinb", "rasd3d_swinh", "rasd3d_swinl"]
+    assert rasd_hub.list_models("rasd3d*") == ["rasd3d_resenc_small", "rasd3d_resencl", "rasd3d_small",
+                                                "rasd3d_swinb", "rasd3d_swinh", "rasd3d_swinl"]
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -33,6 +33,8 @@ from nnunet_plugin.commands import (
 
 SMOKE_TRAINER = "RaSDTrainerSmall_2epochs_cpu"
 SHORT_TRAINER = "RaSDTrainerSmall_20epochs_cpu"
+RESENC_TRAINER = "RaSDTrainerSGD_20epochs_cpu"
+RESENC_3D_TAG = "rasd3d_resenc_small.synth2000_cpu"
 NUCLEI = 506
 OTHER_NORMALIZATION = {"method": "minmax", "range": [0.0, 1.0], "mean": 0.4, "std": 0.3}
 
@@ -43,9 +45,10 @@ def _train(dataset_id, fold, env, *extra, trainer=SMOKE_TRAINER, configuration="
                        "-tr", trainer, "-device", "cpu", *extra], env, check=check)
 
 
-def _predict(dataset_id, env, images, out, folds=("0",), trainer=SMOKE_TRAINER, configuration="2d"):
+def _predict(dataset_id, env, images, out, folds=("0",), trainer=SMOKE_TRAINER, configuration="2d",
+             plans="RaSDPlans"):
     return run_nnunet(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id),
-                       "-c", configuration, "-f", *folds, "-p", "RaSDPlans", "-tr", trainer,
+                       "-c", configuration, "-f", *folds, "-p", plans, "-tr", trainer,
                        "-device", "cpu", "--disable_progress_bar", "-npp", "1", "-nps", "1"], env)
 
 
@@ -53,8 +56,8 @@ def _read(path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def _model_dir(env, dataset_name, trainer=SMOKE_TRAINER, configuration="2d") -> Path:
-    return Path(env["nnUNet_results"]) / dataset_name / f"{trainer}__RaSDPlans__{configuration}"
+def _model_dir(env, dataset_name, trainer=SMOKE_TRAINER, configuration="2d", plans="RaSDPlans") -> Path:
+    return Path(env["nnUNet_results"]) / dataset_name / f"{trainer}__{plans}__{configuration}"
 
 
 def _log(fold_dir: Path) -> str:
@@ -219,7 +222,11 @@ def test_bad_weights_or_plans_end_with_one_clear_message(nuclei, tmp_path):
 
 
 @pytest.mark.slow
-def test_liver_ct_end_to_end_dice_above_floor(tmp_path):
+@pytest.mark.parametrize("weights,plans,trainer", [
+    ("rasd2d_small", "RaSDPlans", SHORT_TRAINER),
+    ("rasd2d_resenc_small", "RaSDResEncPlans", RESENC_TRAINER),
+])
+def test_liver_ct_end_to_end_dice_above_floor(tmp_path, weights, plans, trainer):
     """Real data: axial slices of a LiTS CT (64x64, liver incl. tumour vs rest), fetched from the
     package index, planned, trained for 240 iterations on the CPU from the shipped rasd2d_small
     weights, predicted on held-out slices.
@@ -234,10 +241,10 @@ def test_liver_ct_end_to_end_dice_above_floor(tmp_path):
     env = nnunet_environment(tmp_path / "nnunet")
     raw = build_liver_ct_2d(env["nnUNet_raw"], 501, size=64, merge_tumour=True)
     plan_and_preprocess(501, env)
-    rasd_plan(501, env, "rasd2d_small")
-    _train(501, 0, env, trainer=SHORT_TRAINER)
+    rasd_plan(501, env, weights, "--plans-name", plans)
+    _train(501, 0, env, trainer=trainer, plans=plans)
     out = tmp_path / "pred"
-    _predict(501, env, raw / "imagesTs", out, trainer=SHORT_TRAINER)
+    _predict(501, env, raw / "imagesTs", out, trainer=trainer, plans=plans)
 
     dices, baselines = [], []
     for ref_path in sorted((raw / "labelsTs").glob("*.nii.gz")):
@@ -248,26 +255,31 @@ def test_liver_ct_end_to_end_dice_above_floor(tmp_path):
         f = (ref == 1).mean()
         baselines.append(2 * f / (1 + f))
     dice, baseline = float(np.mean(dices)), float(np.mean(baselines))
-    print(f"liver CT e2e: mean Dice {dice:.3f} (constant baseline {baseline:.3f}), "
+    print(f"liver CT e2e ({weights}): mean Dice {dice:.3f} (constant baseline {baseline:.3f}), "
           f"{time.time() - started:.0f} s")
     assert len(dices) == 8
     assert dice >= 0.7 and dice >= baseline + 0.2, (dice, baseline, dices)
 
 
 @pytest.mark.slow
-def test_3d_fullres_on_liver_ct_blocks(tmp_path):
-    """The 3D path (3d_fullres, rasd3d_small's shipped weights, sliding-window prediction) runs end
-    to end on 64^3 blocks of the real CT. Two tiny epochs: this checks plumbing, not accuracy."""
+@pytest.mark.parametrize("weights,plans,tag", [
+    ("rasd3d_small", "RaSDPlans", "rasd3d_small.synth2300_h200"),
+    ("rasd3d_resenc_small", "RaSDResEncPlans", RESENC_3D_TAG),
+])
+def test_3d_fullres_on_liver_ct_blocks(tmp_path, weights, plans, tag):
+    """The 3D path (3d_fullres, shipped weights, sliding-window prediction; deep supervision for
+    the ResEnc U-Net) runs end to end on 64^3 blocks of the real CT. Two tiny epochs: this checks
+    plumbing, not accuracy."""
     env = nnunet_environment(tmp_path / "nnunet")
     raw = build_liver_ct_3d(env["nnUNet_raw"], 502, block=64, test_every=8)
     plan_and_preprocess(502, env, configurations=("3d_fullres",), verify=False)
-    rasd_plan(502, env, "rasd3d_small")
-    _train(502, 0, env, configuration="3d_fullres")
+    rasd_plan(502, env, weights, "-c", "3d_fullres", "--plans-name", plans)
+    _train(502, 0, env, configuration="3d_fullres", plans=plans)
     out = tmp_path / "pred"
-    _predict(502, env, raw / "imagesTs", out, configuration="3d_fullres")
+    _predict(502, env, raw / "imagesTs", out, configuration="3d_fullres", plans=plans)
     (ref_path,) = sorted((raw / "labelsTs").glob("*.nii.gz"))
     pred = _read(out / ref_path.name)
     assert pred.shape == _read(ref_path).shape == (64, 64, 64)
     assert set(np.unique(pred)) <= {0, 1, 2}
-    fold = _model_dir(env, raw.name, configuration="3d_fullres") / "fold_0"
-    assert "RaSD: loaded rasd3d_small.synth2300_h200" in _log(fold)
+    fold = _model_dir(env, raw.name, configuration="3d_fullres", plans=plans) / "fold_0"
+    assert f"RaSD: loaded {tag}" in _log(fold)

@@ -372,3 +372,58 @@ def test_inference_builds_the_network_from_the_plans_alone(nnunet_dirs, use_weig
         other_manager, other_manager.get_configuration("2d"), 1, 2, enable_deep_supervision=False)
     with pytest.raises(PlansError, match="trained with other plans"):
         mismatched.load_state_dict(trainer.network.state_dict(), strict=False)
+
+
+# ------------------------------------------------------------------ nnU-Net's own network (ResEnc)
+
+
+@pytest.fixture(scope="module")
+def resenc_plans(nnunet_dirs, tmp_path_factory):
+    """RaSD plans for a Residual Encoder U-Net (random weights with measured moments)."""
+    weights = save_random_weights("rasd2d_resenc_small", tmp_path_factory.mktemp("w") / "resenc",
+                                  seed=5, normalization=OTHER_NORMALIZATION)
+    plan_dataset(DATASET_ID, str(weights), plans_name="RaSDResEncPlans")
+    plans, dataset_json = load_plans(nnunet_dirs, "RaSDResEncPlans")
+    return weights, plans, dataset_json
+
+
+def test_resenc_plans_carry_its_strides_for_nnunets_deep_supervision(nnunet_dirs, resenc_plans):
+    _, plans, _ = resenc_plans
+    arch = plans["configurations"]["2d"]["architecture"]
+    assert arch["arch_kwargs"]["rasd_architecture"] == "rasd2d_resenc_small"
+    assert arch["arch_kwargs"]["strides"] == [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]]
+    assert arch["arch_kwargs"]["rasd_model_args"]["deep_supervision"] is False  # nnU-Net switches it
+    assert plans["configurations"]["2d"]["patch_size"] == [64, 64]
+
+
+def test_resenc_fine_tunes_with_deep_supervision_and_predicts_from_the_plans(nnunet_dirs, use_weights,
+                                                                             resenc_plans):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    weights, plans, dataset_json = resenc_plans
+    trainer = T.RaSDTrainerSmall_2epochs_cpu(plans=plans, configuration="2d", fold=3,
+                                             dataset_json=dataset_json, device=torch.device("cpu"))
+    trainer.initialize()
+    assert trainer.enable_deep_supervision is True
+    saved = load_file(str(weights / "model.safetensors"))
+    state = trainer.network.net.state_dict()
+    body = [k for k in saved if ".seg_layers." not in k]
+    assert body and all(torch.equal(state[k], saved[k]) for k in body)
+    assert mapping(trainer.network) == (0.3, 0.4)  # the weights' moments (std, mean)
+    outputs = trainer.network.train()(torch.randn(2, 1, 64, 64))
+    assert [tuple(o.shape) for o in outputs] == [(2, 2, 64, 64), (2, 2, 32, 32), (2, 2, 16, 16), (2, 2, 8, 8)]
+    trainer.run_training()  # nnU-Net's loop: deep-supervision loss, checkpoints
+    assert os.path.isfile(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
+
+    manager = PlansManager(trainer.plans_manager.plans)
+    net = nnUNetTrainer.build_network_architecture(manager, manager.get_configuration("2d"), 1, 2,
+                                                   enable_deep_supervision=False)
+    checkpoint = torch.load(os.path.join(trainer.output_folder, "checkpoint_final.pth"),
+                            weights_only=False, map_location="cpu")
+    net.load_state_dict(checkpoint["network_weights"], strict=True)
+    x = torch.randn(1, 1, 64, 64)
+    trainer.set_deep_supervision_enabled(False)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), trainer.network.eval()(x))
+    assert net.pretrained["source"] == str(weights)

@@ -16,12 +16,17 @@ import torch
 import rasd_hub
 import timm
 
-ALL = ["rasd2d", "rasd2d_small", "rasd3d_small", "rasd3d_swinb", "rasd3d_swinh", "rasd3d_swinl"]
+ALL = ["rasd2d", "rasd2d_resenc_small", "rasd2d_resencl", "rasd2d_small", "rasd3d_resenc_small",
+       "rasd3d_resencl", "rasd3d_small", "rasd3d_swinb", "rasd3d_swinh", "rasd3d_swinl"]
 #: the big ones shrunk so that CPU tests stay fast (the interface does not depend on width)
 SMALL = {
     "rasd2d": dict(channels=[8, 16, 32, 64, 128]),
     "rasd2d_small": {},
     "rasd3d_small": {},
+    "rasd2d_resenc_small": {},
+    "rasd3d_resenc_small": {},
+    "rasd2d_resencl": dict(features_per_stage=[4, 8, 8, 8, 8, 8, 8, 8], n_blocks_per_stage=[1] * 8),
+    "rasd3d_resencl": dict(features_per_stage=[4, 8, 8, 8, 8, 8], n_blocks_per_stage=[1] * 6),
     "rasd3d_swinb": dict(feature_size=12, depths=[1, 1, 1, 1]),
     "rasd3d_swinl": dict(feature_size=12, depths=[1, 1, 1, 1]),
     "rasd3d_swinh": dict(feature_size=12, depths=[1, 1, 1, 1]),
