@@ -119,6 +119,9 @@ def suggest(name: str, candidates: list[str]) -> str:
 
 def get_arch(name: str) -> ArchSpec:
     """The spec of a registered architecture; unknown names raise with close matches."""
+    if not _ARCHS:  # a caller inside rasd_hub that looked a name up before the zoo was imported
+        raise RuntimeError("no architectures are registered yet: import rasd_hub.models (the "
+                           "public API, e.g. rasd_hub.create_model, does) before looking names up")
     try:
         return _ARCHS[name]
     except KeyError:
