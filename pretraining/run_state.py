@@ -29,6 +29,7 @@ from pretraining.checkpoint import (
 from pretraining.config import IDENTITY_KEYS
 from pretraining.errors import ResumeMismatchError
 from pretraining.schedule import apply_settings
+from pretraining.sources import synthesis_config
 
 __all__ = ["CheckpointedRun", "device_name"]
 
@@ -76,6 +77,10 @@ class CheckpointedRun:
             "num_classes": c.num_classes,
             "size": list(c.spatial_shape()),
             "synthesis": c.synthesis,
+            # every range of the synthesis, so the exact data can be regenerated even if the
+            # preset's defaults change later (with seed, size, num_classes and world_size: each
+            # rank's stream is SyntheticStream(config, seed=seed, rank=rank))
+            "synthesis_config": synthesis_config(c).to_dict(),
             "loss": "PDL",
             "pdl": c.to_dict()["pdl"],
             # training wall time of all launches of this run (resumed ones add to it)

@@ -74,8 +74,8 @@ def register_model(
     notes: str = "",
     released_checkpoint: str | None = None,
     pretrain_preset: str | None = "",
-    code_license: str | None = None,
     args_schema: Any = None,
+    code_license: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator that registers an entry point under its function name."""
 
@@ -119,6 +119,9 @@ def suggest(name: str, candidates: list[str]) -> str:
 
 def get_arch(name: str) -> ArchSpec:
     """The spec of a registered architecture; unknown names raise with close matches."""
+    if not _ARCHS:  # a caller inside rasd_hub that looked a name up before the zoo was imported
+        raise RuntimeError("no architectures are registered yet: import rasd_hub.models (the "
+                           "public API, e.g. rasd_hub.create_model, does) before looking names up")
     try:
         return _ARCHS[name]
     except KeyError:
@@ -197,7 +200,7 @@ def how_to_get_weights(architecture: str, header: bool = True) -> str:
         lines.append(
             f"  {n}. install the authors' released checkpoint ({spec.released_checkpoint}, from the "
             f"RaSD release at github.com/yweibs/RaSD) on this machine:\n"
-            f"       rasd hub convert {spec.released_checkpoint} --arch {architecture} --install")
+            f"       rasd hub convert {spec.released_checkpoint} --install")
         n += 1
     lines.append(
         f"  {n}. {'or ' if n > 1 else ''}install a weights folder you have (rasd hub export / "

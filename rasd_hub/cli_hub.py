@@ -69,8 +69,7 @@ def run_list(args) -> int:
         if info["weights"]:
             return info["weights"][0]["source"]
         if info["released_checkpoint"]:
-            return (f"none yet: rasd hub convert {info['released_checkpoint']} --arch "
-                    f"{info['name']} --install")
+            return f"none yet: rasd hub convert {info['released_checkpoint']} --install"
         return "none yet: rasd hub install WEIGHTS_DIR"
 
     sources = {i["name"]: source(i) for i in infos}
@@ -268,7 +267,7 @@ def configure_convert(parser):
     left out.
 
     Examples:
-      rasd hub convert RaSE_B.pth --arch rasd3d_swinb --install
+      rasd hub convert RaSE_B.pth --install
       rasd hub convert RaSE_B.pth weights/rasd3d_swinb --arch rasd3d_swinb
       rasd hub convert RaSE_2D.pth weights/rasd2d --arch rasd2d
       rasd hub convert nnssl_resencl.pth weights/resencl_nnssl
@@ -278,7 +277,8 @@ def configure_convert(parser):
                         help="output weights directory (optional with --install)")
     parser.add_argument("--arch", default=None,
                         help="architecture: rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d "
-                        "(not for nnssl checkpoints)")
+                        "(default: from the released file's name, RaSE_B.pth -> rasd3d_swinb; "
+                        "not for nnssl checkpoints)")
     parser.add_argument("--model-arg", action="append", type=_model_arg, default=[], metavar="KEY=VALUE",
                         help="override an architecture argument (VALUE is JSON), repeatable")
     parser.add_argument("--license", default="other", help="licence id for the card (default: other; "
@@ -293,7 +293,7 @@ def configure_convert(parser):
 def run_convert(args) -> int:
     import tempfile
 
-    from rasd_hub.convert import convert_checkpoint, install_weights
+    from rasd_hub.convert import architecture_for_release, convert_checkpoint, install_weights
     from rasd_hub.nnssl import convert_nnssl, is_nnssl_checkpoint
     from rasd_hub.weights import read_config
 
@@ -303,25 +303,22 @@ def run_convert(args) -> int:
     if nnssl and (args.arch or args.model_arg):
         raise RasdValueError(f"{args.checkpoint} is an nnssl checkpoint: its adaptation plan "
                              "gives the architecture; drop --arch / --model-arg")
-    if not nnssl and not args.arch:
-        raise RasdValueError(f"{args.checkpoint} is not an nnssl checkpoint: pass --arch "
-                             "(rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d)")
+    if not nnssl:
+        args.arch = args.arch or architecture_for_release(args.checkpoint)
     with tempfile.TemporaryDirectory(prefix="rasd-convert-") as tmp:
         out_dir = args.out_dir or f"{tmp}/weights"
+        target = f" -> {out_dir}" if args.out_dir else ""
         if nnssl:
             out = convert_nnssl(args.checkpoint, out_dir, license=args.license)
-            cfg = read_config(out)
-            print(f"converted nnssl checkpoint {args.checkpoint} ({cfg['architecture']})"
-                  + (f" -> {out}" if args.out_dir else ""))
-            print(f"  source sha256: {cfg['provenance']['source_sha256']}")
+            print(f"converted nnssl checkpoint {args.checkpoint}{target}")
         else:
             out, summary = convert_checkpoint(args.checkpoint, out_dir, args.arch,
                                               model_args=dict(args.model_arg), license=args.license)
             cfg = read_config(out)
-            print(f"converted {args.checkpoint} ({args.arch})" + (f" -> {out}" if args.out_dir else ""))
+            print(f"converted {args.checkpoint} ({args.arch}){target}")
             print(f"  layout: {', '.join(summary['steps']) or 'plain state dict'}")
             print(f"  source sha256: {summary['source_sha256']}")
-        print(f"  sha256: {cfg['weights']['sha256']}  model.safetensors")
+            print(f"  sha256: {cfg['weights']['sha256']}  model.safetensors")
         if args.install:
             _print_installed(install_weights(out, tag=args.tag))
         else:

@@ -19,8 +19,9 @@ from rasd_hub._validate import check_normalization
 from rasd_hub.errors import StateDictMismatchError, WeightsFormatError
 from rasd_hub.weights import load_state_dict_checked, save_pretrained
 
-__all__ = ["export_checkpoint", "model_from_checkpoint", "convert_checkpoint", "unwrap_released_state_dict",
-           "read_checkpoint", "install_weights", "default_install_tag"]
+__all__ = ["export_checkpoint", "model_from_checkpoint", "convert_checkpoint",
+           "unwrap_released_state_dict", "read_checkpoint", "install_weights", "default_install_tag",
+           "architecture_for_release"]
 
 #: containers the released downstream loader unwraps, outermost first
 WRAPPER_KEYS = ("state_dict", "network_weights", "net", "student", "model")
@@ -169,6 +170,8 @@ def export_checkpoint(
     ``config.json`` + ``README.md``: the same folder as the runner's own end-of-run export (which
     calls this function on its final checkpoint).
     """
+    from rasd_hub.weights import save_pretrained
+
     model, provenance = model_from_checkpoint(checkpoint)
     return save_pretrained(model, out_dir, provenance=provenance, license=license,
                            base_model=base_model, description=description)
@@ -208,6 +211,22 @@ def model_from_checkpoint(checkpoint: str | os.PathLike):
 
 
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+def architecture_for_release(checkpoint: str | os.PathLike) -> str:
+    """The architecture whose released checkpoint has this file name (``RaSE_B.pth`` ->
+    ``rasd3d_swinb``); an error naming ``--arch`` otherwise."""
+    from rasd_hub._registry import get_arch, list_architectures
+
+    name = Path(checkpoint).name.lower()
+    releases = {get_arch(a).released_checkpoint: a for a in list_architectures()
+                if get_arch(a).released_checkpoint}
+    for release, arch in releases.items():
+        if release.lower() == name:
+            return arch
+    known = ", ".join(f"{r} -> {a}" for r, a in sorted(releases.items()))
+    raise WeightsFormatError(f"cannot tell the architecture of {Path(checkpoint).name} from its name "
+                             f"(released files: {known}); pass --arch ARCH")
 
 
 def default_install_tag(config: Mapping[str, Any]) -> str:

@@ -140,7 +140,7 @@ def test_the_parameter_estimate_is_within_a_factor_two_of_the_real_count():
 
     for name in rasd_hub.list_models():
         spec = get_arch(name)
-        if spec.num_params < 1e8:
+        if spec.num_params < 2e8:
             args = rasd_hub.create_model(name).model_args
         elif name.startswith("rasd3d_swin"):  # the real count is in the registry (test_models)
             args = dict(feature_size={"rasd3d_swinl": 96, "rasd3d_swinh": 144}[name])

@@ -34,6 +34,7 @@ def worker(out: Path, steps: int, resume: bool) -> None:
 
     sys.path.insert(0, str(HERE))
     import pretraining.checkpoint as checkpoint
+    import pretraining.run_state as run_state
     import pretraining.runner as runner
     from pretraining.config import TrainConfig
     from test_runner import TinyNet, TinyStream
@@ -63,7 +64,8 @@ def worker(out: Path, steps: int, resume: bool) -> None:
         with open(out / f"{name}_by_rank{dist.get_rank()}.txt", "a") as fh:
             fh.write(f"{value}\n")
 
-    original_save, original_load = runner.save_checkpoint, checkpoint.load_checkpoint
+    # checkpoints are written and read by the runner's checkpoint part (pretraining.run_state)
+    original_save, original_load = run_state.save_checkpoint, checkpoint.load_checkpoint
 
     def recording_save(state, directory, step, keep=0):
         record("saved", step)
@@ -73,8 +75,8 @@ def worker(out: Path, steps: int, resume: bool) -> None:
         record("loaded", Path(path).name)
         return original_load(path)
 
-    runner.save_checkpoint = recording_save
-    runner.load_checkpoint = checkpoint.load_checkpoint = recording_load
+    run_state.save_checkpoint = recording_save
+    run_state.load_checkpoint = checkpoint.load_checkpoint = recording_load
     config = TrainConfig.from_preset(
         "rasd2d_small", size=16, steps=steps, checkpoint_every=2, log_every=1, out_dir=str(out),
         export=False, device="cpu", lr=1e-2, batch_size=4, keep_checkpoints=0, resume=resume,

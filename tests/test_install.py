@@ -49,14 +49,14 @@ def test_no_weights_error_names_the_install_command_first(hub_home):
     with pytest.raises(WeightsNotAvailableError) as err:
         rasd_hub.create_model("rasd3d_swinb", pretrained=True)
     msg = str(err.value)
-    first = msg.index("rasd hub convert RaSE_B.pth --arch rasd3d_swinb --install")
+    first = msg.index("rasd hub convert RaSE_B.pth --install")
     assert first < msg.index("rasd hub install") < msg.index("rasd pretrain")
 
 
 def test_convert_install_then_the_headline_call_works_offline(hub_home, released_swinb, capsys,
                                                              monkeypatch, tmp_path):
     pth, sd = released_swinb
-    assert main(["hub", "convert", str(pth), "--arch", "rasd3d_swinb", "--install"]) == 0
+    assert main(["hub", "convert", str(pth), "--install"]) == 0  # RaSE_B.pth: rasd3d_swinb
     out = capsys.readouterr().out
     assert "installed rasd3d_swinb.rase_b" in out
     installed = hub_home / "installed" / "rasd3d_swinb.rase_b"
@@ -75,7 +75,7 @@ def test_convert_install_then_the_headline_call_works_offline(hub_home, released
     listing = capsys.readouterr().out
     rows = {line.split()[0]: line for line in listing.splitlines()[1:]}
     assert str(installed) in rows["rasd3d_swinb"] and "rase_b" in rows["rasd3d_swinb"]
-    assert "none yet: rasd hub convert RaSE_2D.pth --arch rasd2d --install" in rows["rasd2d"]
+    assert "none yet: rasd hub convert RaSE_2D.pth --install" in rows["rasd2d"]
     # a new interpreter on this machine finds it too (the index is read on import), offline
     code = textwrap.dedent("""
         import rasd_hub
@@ -92,6 +92,16 @@ def test_convert_install_then_the_headline_call_works_offline(hub_home, released
     (installed / "config.json").write_text(json.dumps(config))
     with pytest.raises(ChecksumMismatchError, match="config.json"):
         rasd_hub.create_model("rasd3d_swinb", pretrained=True)
+
+
+def test_convert_without_arch_needs_a_released_file_name(hub_home, released_swinb, tmp_path, capsys):
+    pth, _ = released_swinb
+    renamed = pth.rename(tmp_path / "my_swin.pth")
+    assert main(["hub", "convert", str(renamed), "--install"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot tell the architecture of my_swin.pth" in err and "--arch" in err
+    assert main(["hub", "convert", str(renamed), "--install", "--arch", "rasd3d_swinb", "--tag", "mine"]) == 0
+    assert "installed rasd3d_swinb.mine" in capsys.readouterr().out
 
 
 def test_install_a_weights_folder_under_a_tag(hub_home, tmp_path, capsys):

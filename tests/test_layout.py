@@ -177,3 +177,15 @@ def test_the_device_resolver():
     if not torch.cuda.is_available():
         with pytest.raises(RasdValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_the_registry_says_when_the_zoo_was_not_imported():
+    """rasd_hub._registry imports no model (no circle); looking a name up before rasd_hub.models
+    is imported says so instead of calling a real architecture unknown."""
+    import subprocess
+    import sys
+
+    code = ("import rasd_hub._registry as r\n"
+            "try:\n    r.get_arch('rasd2d_small')\nexcept RuntimeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "import rasd_hub.models" in out.stdout, out.stderr

@@ -142,7 +142,8 @@ def test_resume_is_exact_without_resume_when_steps_already_done(tmp_path):
 
 
 def test_checkpoint_contract(tmp_path):
-    run(make_config(tmp_path, steps=4, checkpoint_every=1, keep_checkpoints=2))
+    config = make_config(tmp_path, steps=4, checkpoint_every=1, keep_checkpoints=2)
+    run(config)
     found = list_checkpoints(tmp_path / "checkpoints")
     assert [s for s, _ in found] == [4, 3]  # older ones pruned after the newer ones were written
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.suffix == ".tmp"]
@@ -151,6 +152,12 @@ def test_checkpoint_contract(tmp_path):
             "run_config"} <= set(state)
     assert state["model_config"]["architecture"] == "tiny_test_net"
     prov = state["provenance"]
+    from pretraining.sources import synthesis_config
+    from pretraining.synthesis import SynthesisConfig
+
+    # the provenance regenerates the exact synthesis config (every range, not only the preset)
+    assert SynthesisConfig(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in prov["synthesis_config"].items()}) == synthesis_config(config)
     assert prov["preset"] == "rasd2d_small" and prov["step"] == 4 and prov["seed"] == 0
     assert prov["batch_size"] == 8 and prov["device"] == "cpu"
     rng = state["rng"]["ranks"][0]

@@ -15,7 +15,7 @@ import rasd_hub.pretrained  # noqa: E402,F401  (registers the tags; needs the ar
 
 __all__ = [
     "FeatureInfo", "RasdClassifier", "RasdResEncUNet", "RasdResEncUNetEncoder", "RasdSwinUNETR",
-    "RasdSwinUNETREncoder", "RasdUNet", "RasdUNetEncoder", "rasd2d", "rasd2d_small", "rasd3d_small",
-    "rasd3d_swinb", "rasd3d_swinl", "rasd3d_swinh", "rasd2d_resencl", "rasd3d_resencl",
-    "rasd2d_resenc_small", "rasd3d_resenc_small",
+    "RasdSwinUNETREncoder", "RasdUNet", "RasdUNetEncoder",
+    "rasd2d", "rasd2d_small", "rasd3d_small", "rasd3d_swinb", "rasd3d_swinl", "rasd3d_swinh",
+    "rasd2d_resencl", "rasd3d_resencl", "rasd2d_resenc_small", "rasd3d_resenc_small",
 ]

@@ -61,7 +61,8 @@ def _stage_args(spatial_dims: int, features_per_stage: Sequence[int], strides: S
 
 
 class _ResEncInterface(RasdModelMixin):
-    """What rasd_hub needs from both the full network and its encoder (see ``finalize``)."""
+    """What rasd_hub needs from both the full network and its encoder (see ``finalize``), and
+    timm's interface (:class:`~rasd_hub.models._base.RasdModelMixin`)."""
 
     #: every decoder stage's segmentation layer: replaced as a whole when num_classes changes
     head_prefix = "decoder.seg_layers"
@@ -77,23 +78,36 @@ class _ResEncInterface(RasdModelMixin):
         """Recompute each encoder stage's activations in the backward pass (when training)."""
         self.grad_checkpointing = bool(enable)
 
-    def encoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each encoder stage's output, full resolution first (the decoder's skips)."""
+    def _encode(self, encoder: ResidualEncoder, x: torch.Tensor) -> list[torch.Tensor]:
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled() and self.training
         run = (lambda block, t: checkpoint(block, t, use_reentrant=False)) if use_ckpt else (
             lambda block, t: block(t))
-        x = run(self.encoder.stem, x)
+        x = run(encoder.stem, x)
         skips = []
-        for stage in self.encoder.stages:
+        for stage in encoder.stages:
             x = run(stage, x)
             skips.append(x)
         return skips
 
     def encoder_info(self) -> list[dict[str, Any]]:
         """``num_chs`` / ``reduction`` / ``module`` of each encoder stage's output."""
-        feats, strides = self.model_args["features_per_stage"], self.model_args["strides"]
-        return [dict(num_chs=int(c), reduction=math.prod(strides[:i + 1]), module=f"encoder.stages.{i}")
-                for i, c in enumerate(feats)]
+        a = self.model_args
+        reductions = [math.prod(a["strides"][:i + 1]) for i in range(len(a["strides"]))]
+        return [dict(num_chs=c, reduction=r, module=f"encoder.stages.{i}")
+                for i, (c, r) in enumerate(zip(a["features_per_stage"], reductions))]
+
+    def encoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each encoder stage's output, full resolution first."""
+        return self._encode(self.encoder, x)
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        """Every decoder stage's segmentation layer, for ``num_classes`` outputs."""
+        conv = _CONV[self.spatial_dims]
+        layers = nn.ModuleList([conv(layer.in_channels, num_classes, 1, 1, 0, bias=True)
+                                for layer in self.decoder.seg_layers])
+        self.decoder.seg_layers = layers
+        self.decoder.num_classes = num_classes
+        return layers
 
     def dynamic_network_kwargs(self) -> dict[str, Any]:
         """The ``arch_kwargs`` nnU-Net's plans (and nnssl's adaptation plan) give this network,
@@ -173,15 +187,8 @@ class RasdResEncUNet(_ResEncInterface, ResidualEncoderUNet):
                           out_channels=out_channels, **stages, n_conv_per_stage_decoder=decoder,
                           deep_supervision=bool(deep_supervision)))
 
-    def _new_head(self, num_classes: int) -> nn.Module:
-        """A fresh segmentation layer on every decoder stage (nnU-Net's deep supervision uses each)."""
-        conv = _CONV[self.spatial_dims]
-        for i, layer in enumerate(self.decoder.seg_layers):
-            self.decoder.seg_layers[i] = conv(layer.in_channels, num_classes, 1, 1, 0, bias=True)
-        return self.decoder.seg_layers
-
     def forward(self, x: torch.Tensor):
-        return self.decoder(self.encoder_features(x))
+        return self.decoder(self._encode(self.encoder, x))
 
 
 class RasdResEncUNetEncoder(_ResEncInterface, nn.Module):
@@ -222,10 +229,10 @@ class RasdResEncUNetEncoder(_ResEncInterface, nn.Module):
                           out_channels=out_channels, **stages, n_conv_per_stage_decoder=decoder,
                           deep_supervision=bool(deep_supervision)))
         self.feature_info = FeatureInfo(self.encoder_info())
-        self.out_indices = list(range(n))
+        self.out_indices = list(range(len(self.feature_info)))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = self.encoder_features(x)
+        feats = self._encode(self.encoder, x)
         return [feats[i] for i in self.out_indices]
 
 
@@ -237,31 +244,29 @@ def _resenc(name: str, defaults: dict, features_only: bool, out_indices, kwargs:
 
 
 def _resenc_check(args: dict):
-    n = len(args.get("features_per_stage") or ())
+    n = len(args.get("features_per_stage", ())) or None
+    kernels = args.get("kernel_sizes", 3)
+    if not (isinstance(kernels, int) and not isinstance(kernels, bool) and 1 <= kernels <= 7 or
+            isinstance(kernels, list) and all(isinstance(k, int) and not isinstance(k, bool)
+                                              and 1 <= k <= 7 for k in kernels)):
+        return "kernel_sizes", f"must be an odd-sized kernel 1..7 or one per stage, got {kernels!r}"
     for field in ("strides", "n_blocks_per_stage"):
-        if field in args and n and len(args[field]) != n:
+        if n is not None and field in args and len(args[field]) != n:
             return field, f"needs one value per stage ({n}), got {len(args[field])}"
     decoder = args.get("n_conv_per_stage_decoder")
-    if decoder is not None and n and len(decoder) != n - 1:
-        return "n_conv_per_stage_decoder", f"needs {n - 1} values (one fewer than the stages), got {len(decoder)}"
+    if n is not None and decoder is not None and len(decoder) != n - 1:
+        return "n_conv_per_stage_decoder", f"needs {n - 1} values, got {len(decoder)}"
     return None
 
 
 def _resenc_params(args: dict) -> int:
-    """Parameter count estimated from the arguments (within a factor 2; the tests check),
-    before anything is allocated: two k^d convolutions per residual block, the decoder's."""
-    dims = int(args.get("spatial_dims", 3))
+    """Parameter count estimated from the arguments (within a factor 2; the tests check)."""
+    d = int(args.get("spatial_dims", 3))
     kernels = args.get("kernel_sizes", 3)
-    feats = [int(f) for f in args.get("features_per_stage", (32, 64, 128, 256, 320, 320))]
+    feats = [int(f) for f in args.get("features_per_stage", ())]
     blocks = [int(b) for b in args.get("n_blocks_per_stage", [1] * len(feats))]
-    kernels = [int(kernels)] * len(feats) if isinstance(kernels, int) else [int(k) for k in kernels]
-    total, prev = 0, int(args.get("in_channels", 1))
-    for f, b, k in zip(feats, blocks, kernels):
-        total += k ** dims * (prev * f + (2 * b - 1) * f * f)
-        prev = f
-    for lo, hi, k in zip(feats[:-1], feats[1:], kernels):
-        total += 2 ** dims * hi * lo + k ** dims * 2 * lo * lo  # transposed conv + decoder conv
-    return total
+    ks = [kernels] * len(feats) if isinstance(kernels, int) else kernels
+    return sum(int(k) ** d * f * f * (2 * b + 3) for f, b, k in zip(feats, blocks, ks))
 
 
 RESENC_SCHEMA = {
@@ -269,11 +274,11 @@ RESENC_SCHEMA = {
         "spatial_dims": ArgSpec("int", choices=(2, 3)),
         "in_channels": ArgSpec("int", low=1, high=1024),
         "out_channels": ArgSpec("int", low=1, high=65536),
-        "features_per_stage": ArgSpec("int_list", low=1, high=4096, length=tuple(range(2, 11))),
+        "features_per_stage": ArgSpec("int_list", low=1, high=16384, length=tuple(range(2, 11))),
         "strides": ArgSpec("int_list", low=1, high=4, length=tuple(range(2, 11))),
-        "kernel_sizes": ArgSpec("int_list", low=1, high=7, length=tuple(range(2, 11))),
-        "n_blocks_per_stage": ArgSpec("int_list", low=1, high=32, length=tuple(range(2, 11))),
-        "n_conv_per_stage_decoder": ArgSpec("int_list", low=1, high=8, length=tuple(range(1, 10))),
+        "kernel_sizes": ArgSpec("any"),
+        "n_blocks_per_stage": ArgSpec("int_list", low=0, high=64, length=tuple(range(2, 11))),
+        "n_conv_per_stage_decoder": ArgSpec("int_list", low=1, high=16, length=tuple(range(1, 10))),
         "deep_supervision": ArgSpec("bool"),
     },
     "check": _resenc_check,
