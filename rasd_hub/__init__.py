@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from rasd_hub._version import __version__
 
 _LAZY = {
     "create_model": "rasd_hub._builder",

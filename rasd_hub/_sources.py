@@ -146,11 +146,9 @@ def local_source(path: str | os.PathLike, *, need_weights: bool = True,
 def source_from_cfg(cfg, *, offline=None, cache_dir=None, endpoint=None,
                     need_weights: bool = True) -> WeightsSource:
     """The verified files of a registered tag: every file it reads is pinned."""
-    import rasd_hub
-
     pins = cfg.sha256
-    if cfg.file:
-        src = local_source(Path(rasd_hub.__file__).parent / cfg.file, expected_sha256=pins,
+    if cfg.file:  # relative to the package folder, which is this module's
+        src = local_source(Path(__file__).resolve().parent / cfg.file, expected_sha256=pins,
                            need_weights=need_weights)
     elif cfg.path:
         src = local_source(cfg.path, expected_sha256=pins, need_weights=need_weights)

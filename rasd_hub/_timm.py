@@ -33,11 +33,10 @@ default_cfgs: dict = {}
 
 def timm_default_cfgs() -> dict[str, dict[str, Any]]:
     """timm pretrained-config dicts per ``arch[.tag]``: what timm lists; rasd_hub loads."""
-    import rasd_hub
     import rasd_hub.models  # noqa: F401  (registers the architectures and tags)
     from rasd_hub._registry import get_arch, list_architectures, pretrained_cfgs
 
-    package = Path(rasd_hub.__file__).parent
+    package = Path(__file__).resolve().parent  # the rasd_hub package folder
     cfgs: dict[str, dict[str, Any]] = {}
     for arch in list_architectures():
         spec = get_arch(arch)

@@ -257,7 +257,7 @@ def save_pretrained(
     """
     from safetensors.torch import save_file
 
-    import rasd_hub
+    from rasd_hub._version import __version__
 
     model = _unwrap(model)
     cfg = getattr(model, "rasd_config", None)
@@ -282,7 +282,7 @@ def save_pretrained(
             seen.add(ptr)
         tensors[k] = v
     prov = dict(provenance or {})
-    prov.setdefault("rasd_hub_version", rasd_hub.__version__)
+    prov.setdefault("rasd_hub_version", __version__)
     # the three files are written beside OUT and published together (rasd_hub._io.atomic_dir)
     try:
         with atomic_dir(out, replaceable=(WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)) as staging:
