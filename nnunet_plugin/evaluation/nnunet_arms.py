@@ -92,8 +92,10 @@ def run_arms(work: Path, *, arms: Sequence[str], folds: Sequence[int], regimes: 
     report_path = work / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {"runs": []}
     done = {(r["regime"], r["arm"], r["fold"]) for r in report["runs"]}
-    for n, regime in enumerate(regimes):
-        did = 520 + n
+    for regime in regimes:
+        # one dataset per regime (its splits_final.json is the regime's): 52k for k training
+        # cases, 530 for nnU-Net's own 5-fold split
+        did = 530 if regime == "all" else 520 + int(regime)
         name = f"Dataset{did}_LiverCT2D"
         raw = Path(env["nnUNet_raw"]) / name
         if not (Path(env["nnUNet_preprocessed"]) / name / f"{RESENC_PLANS}.json").exists():
@@ -195,11 +197,14 @@ def configure(parser) -> None:
                         help="training cases per fold: a number (few-shot) or 'all' (nnU-Net's 5-fold split)")
     parser.add_argument("--resenc-weights", default="rasd2d_resenc_small")
     parser.add_argument("--monai-weights", default="rasd2d_small")
+    parser.add_argument("--reference", default=None, choices=list(ARMS),
+                        help="the arm every other is paired against (default: the first of --arms)")
     parser.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     report = run_arms(Path(args.work), arms=args.arms, folds=args.folds, regimes=args.regimes,
                       resenc_weights=args.resenc_weights, monai_weights=args.monai_weights)
-    print(format_summary(summarise(report)))
+    reference = args.reference or args.arms[0]
+    print(format_summary(summarise(report, reference), reference))
     return 0
