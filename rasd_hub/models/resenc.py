@@ -43,8 +43,10 @@ _NONLIN_KWARGS = {"inplace": True}
 
 
 def _stage_args(spatial_dims: int, features_per_stage: Sequence[int], strides: Sequence[int],
-                kernel_sizes: Sequence[int] | int, n_blocks_per_stage: Sequence[int]) -> dict:
-    """Check the stage layout (one clear error per field) and return it as lists."""
+                kernel_sizes: Sequence[int] | int, n_blocks_per_stage: Sequence[int],
+                n_conv_per_stage_decoder: Sequence[int] | None) -> dict:
+    """Check the stage layout (one clear error per field) and return it as lists (the decoder:
+    one convolution per stage unless given, as nnU-Net's ResEnc planners)."""
     if spatial_dims not in (2, 3):
         raise RasdValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     n = len(features_per_stage)
@@ -55,9 +57,16 @@ def _stage_args(spatial_dims: int, features_per_stage: Sequence[int], strides: S
             raise RasdValueError(
                 f"{field} needs one value per stage ({n} stages from features_per_stage), got "
                 f"{list(values)}")
+    decoder = [1] * (n - 1) if n_conv_per_stage_decoder is None else [
+        int(c) for c in n_conv_per_stage_decoder]
+    if len(decoder) != n - 1:
+        raise RasdValueError(
+            f"n_conv_per_stage_decoder needs {n - 1} values (one fewer than the {n} stages), "
+            f"got {decoder}")
     return dict(features_per_stage=[int(f) for f in features_per_stage],
                 strides=[int(s) for s in strides], kernel_sizes=[int(k) for k in kernels],
-                n_blocks_per_stage=[int(b) for b in n_blocks_per_stage])
+                n_blocks_per_stage=[int(b) for b in n_blocks_per_stage],
+                n_conv_per_stage_decoder=decoder)
 
 
 class _ResEncInterface(RasdModelMixin):
@@ -168,23 +177,17 @@ class RasdResEncUNet(_ResEncInterface, ResidualEncoderUNet):
         deep_supervision: bool = False,
     ) -> None:
         stages = _stage_args(spatial_dims, features_per_stage, strides, kernel_sizes,
-                             n_blocks_per_stage)
+                             n_blocks_per_stage, n_conv_per_stage_decoder)
         n = len(stages["features_per_stage"])
-        decoder = [1] * (n - 1) if n_conv_per_stage_decoder is None else [
-            int(c) for c in n_conv_per_stage_decoder]
-        if len(decoder) != n - 1:
-            raise RasdValueError(
-                f"n_conv_per_stage_decoder needs {n - 1} values (one fewer than the {n} stages), "
-                f"got {decoder}")
         super().__init__(
             in_channels, n, stages["features_per_stage"], _CONV[spatial_dims],
             stages["kernel_sizes"], stages["strides"], stages["n_blocks_per_stage"], out_channels,
-            decoder, conv_bias=True, norm_op=_NORM[spatial_dims], norm_op_kwargs=dict(_NORM_KWARGS),
+            stages["n_conv_per_stage_decoder"], conv_bias=True, norm_op=_NORM[spatial_dims], norm_op_kwargs=dict(_NORM_KWARGS),
             nonlin=nn.LeakyReLU, nonlin_kwargs=dict(_NONLIN_KWARGS),
             deep_supervision=bool(deep_supervision),
         )
         self._record(dict(spatial_dims=spatial_dims, in_channels=in_channels,
-                          out_channels=out_channels, **stages, n_conv_per_stage_decoder=decoder,
+                          out_channels=out_channels, **stages,
                           deep_supervision=bool(deep_supervision)))
 
     def forward(self, x: torch.Tensor):
@@ -215,7 +218,7 @@ class RasdResEncUNetEncoder(_ResEncInterface, nn.Module):
     ) -> None:
         super().__init__()
         stages = _stage_args(spatial_dims, features_per_stage, strides, kernel_sizes,
-                             n_blocks_per_stage)
+                             n_blocks_per_stage, n_conv_per_stage_decoder)
         n = len(stages["features_per_stage"])
         self.encoder = ResidualEncoder(
             in_channels, n, stages["features_per_stage"], _CONV[spatial_dims],
@@ -223,10 +226,8 @@ class RasdResEncUNetEncoder(_ResEncInterface, nn.Module):
             conv_bias=True, norm_op=_NORM[spatial_dims], norm_op_kwargs=dict(_NORM_KWARGS),
             nonlin=nn.LeakyReLU, nonlin_kwargs=dict(_NONLIN_KWARGS), return_skips=True,
         )
-        decoder = [1] * (n - 1) if n_conv_per_stage_decoder is None else [
-            int(c) for c in n_conv_per_stage_decoder]
         self._record(dict(spatial_dims=spatial_dims, in_channels=in_channels,
-                          out_channels=out_channels, **stages, n_conv_per_stage_decoder=decoder,
+                          out_channels=out_channels, **stages,
                           deep_supervision=bool(deep_supervision)))
         self.feature_info = FeatureInfo(self.encoder_info())
         self.out_indices = list(range(len(self.feature_info)))
