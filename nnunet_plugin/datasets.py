@@ -347,10 +347,13 @@ def build_liver_ct_2d(raw_root, dataset_id: int = 501, cache_dir=None, slice_ste
 
 def build_liver_ct_3d(raw_root, dataset_id: int = 502, cache_dir=None,
                       block: int | Sequence[int] = (32, 64, 64), min_liver: float = 0.01,
-                      test_every: int = 4, name: str = "LiverCT3D") -> Path:
+                      test_every: int = 4, merge_tumour: bool = False, name: str = "LiverCT3D") -> Path:
     """The liver CT cut into non-overlapping ``block`` sub-volumes (z, y, x); blocks with at least
-    ``min_liver`` liver voxels are kept and every ``test_every``-th of them is a test case."""
+    ``min_liver`` liver voxels are kept and every ``test_every``-th of them is a test case.
+    ``merge_tumour`` folds tumour into liver for a binary task."""
     image, label = load_liver_ct(cache_dir)
+    if merge_tumour:
+        label = (label > 0).astype(np.uint8)
     size = (block,) * 3 if isinstance(block, int) else tuple(block)
     corners = [c for c in _block_corners(image.shape, size)
                if (label[_block(c, size)] > 0).mean() >= min_liver]
@@ -360,8 +363,8 @@ def build_liver_ct_3d(raw_root, dataset_id: int = 502, cache_dir=None,
         return [Case("liver_" + "_".join(f"{a}{c:03d}" for a, c in zip("zyx", corner)),
                      [image[_block(corner, size)]], label[_block(corner, size)]) for corner in chosen]
 
-    return write_raw_dataset(raw_root, dataset_id, name, cases(train), {"0": "CT"},
-                             {"background": 0, "liver": 1, "tumour": 2}, cases(test),
+    labels = {"background": 0, "liver": 1} if merge_tumour else {"background": 0, "liver": 1, "tumour": 2}
+    return write_raw_dataset(raw_root, dataset_id, name, cases(train), {"0": "CT"}, labels, cases(test),
                              description="sub-volumes of one LiTS CT", licence=LIVER_CT.licence)
 
 
