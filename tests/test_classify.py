@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import rasd_hub
+from nnunet_plugin.normalization import NnUNetNormalization
 from rasd_hub.errors import RasdValueError
 
 
@@ -85,12 +86,15 @@ def test_classify_compare_pairs_inits_over_seeds(monkeypatch):
         return x, y
 
     (trx, tr_y), (tex, te_y) = toy(64), toy(64)
-    monkeypatch.setitem(classify.TASKS, "tiles2d",
-                        lambda cache_dir=None, normalization=None: classify.TileTask(trx, tr_y, tex, te_y, "toy"))
+    normalization = NnUNetNormalization(["toy"], ["ZScoreNormalization"], [{}])
+    monkeypatch.setitem(classify.TASKS, "tiles2d", lambda cache_dir=None: classify.TileTask(
+        trx, tr_y, tex, te_y, "toy", normalization))
     report = classify.classify_compare("rasd2d_small", ["scratch", "rasd2d_small"], seeds=2, epochs=2, batch=16)
     assert report["task"] == "toy" and report["seeds"] == 2
     scratch, pre = report["results"]["scratch"], report["results"]["rasd2d_small"]
     assert len(scratch["auc"]) == len(pre["auc"]) == 2
     assert "sha256" in pre["weights"] and scratch["weights"] == "scratch"
+    # the shipped weights' measured moments, mapped by the network as RaSDTrainer maps them
+    assert "0.2104 * x + 0.5238" in pre["intensity"]
     assert pre["vs_scratch"]["n"] == 2
     assert min(scratch["auc"] + pre["auc"]) > 0.9

@@ -90,6 +90,9 @@ def test_probe_runs_without_training_and_writes_pictures(capsys, synthetic, weig
                                 "--init", "scratch", "--init", str(weights_dir), "--seeds", "1",
                                 "--pca-out", str(tmp_path / "pics")])
     assert report["config"]["probe"].startswith("nearest prototype")
+    # the pre-trained probe is one fixed value, scratch a sample over seeds: not a paired test
+    assert report["pairs"][0]["test"] == "one-sample t-test (two-sided)"
+    assert "nnU-Net ZScoreNormalization" in report["inits"]["scratch"]["runs"][0]["intensity"]
     for summary in report["inits"].values():
         assert 0 <= summary["mean"] <= 1 and math.isfinite(summary["mean"])
     assert len(list((tmp_path / "pics").glob("*.png"))) == 4  # 2 inits x 2 test cases

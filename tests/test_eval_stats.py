@@ -1,4 +1,4 @@
-"""Dice, summary statistics and intensity scaling of the evaluation harness, on known numbers."""
+"""Dice and summary statistics of the evaluation harness, on known numbers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 
 from nnunet_plugin.datasets import dice_per_label
 from nnunet_plugin.evaluation.finetune import summarise_cases
-from nnunet_plugin.evaluation.intensity import fit_scaler
-from nnunet_plugin.evaluation.stats import mean_ci, paired_test
+from nnunet_plugin.evaluation.stats import mean_ci, one_sample_test, paired_test
 
 
 def _square(y0, x0, size=2, shape=(8, 8)):
@@ -56,6 +55,7 @@ def test_paired_t_test_on_known_numbers():
     assert result.mean_difference == pytest.approx(1.25)
     assert result.p_value == pytest.approx(0.015392438073302294)
     assert paired_test([2, 3, 5, 5], [1, 2, 3, 4]).p_value == pytest.approx(result.p_value)
+    assert result.test == "paired t-test (two-sided)"
 
 
 def test_paired_test_degenerate_cases():
@@ -66,20 +66,48 @@ def test_paired_test_degenerate_cases():
         paired_test([1, 2], [1])
 
 
-def test_minmax_scaling_per_image_and_ct_window_from_training_foreground():
-    image = np.array([[[10.0, 20.0], [30.0, 50.0]]])
-    scaler = fit_scaler({"method": "minmax"}, {"0": "T1"}, [image], [np.zeros((2, 2), int)])
-    assert np.allclose(scaler(image), [[[0, 0.25], [0.5, 1.0]]])
-    ct = np.linspace(-1000, 1000, 400, dtype=np.float32).reshape(1, 20, 20)
-    label = (ct[0] > 0).astype(int)  # foreground = the positive half
-    scaler = fit_scaler({"method": "minmax"}, {"0": "CT"}, [ct], [label])
-    lo, hi = scaler.windows[0][:2]
-    assert 0 < lo < 20 and 980 < hi <= 1000  # percentiles of the foreground only
-    scaled = scaler(ct)
-    assert scaled.min() == 0.0 and scaled.max() == pytest.approx(1.0)
-    assert (scaled[0][ct[0] < 0] == 0).all()  # below the window: clipped to its bottom
-    z = fit_scaler({"method": "zscore"}, {"0": "T1"}, [image], [np.zeros((2, 2), int)])(image)
-    assert z.mean() == pytest.approx(0, abs=1e-6) and z.std() == pytest.approx(1, abs=1e-5)
+def test_one_sample_t_test_on_known_numbers():
+    # sample 1, 2, 3, 4 against 5: mean 2.5, sd sqrt(5/3), t = -2.5 / (sd / 2) = -3.8730 with 3 df
+    result = one_sample_test([1, 2, 3, 4], 5)
+    assert result.p_value == pytest.approx(0.030466291662170977)
+    assert result.mean_difference == pytest.approx(2.5)  # the fixed value minus the sample mean
+    assert result.n == 4 and result.test == "one-sample t-test (two-sided)"
+    assert one_sample_test([1, 2, 3, 4], 0).mean_difference == pytest.approx(-2.5)
+    assert one_sample_test([1, 2, 3, 4], 2.5).p_value == pytest.approx(1.0)  # value = sample mean
+
+
+def test_one_sample_test_degenerate_cases():
+    assert one_sample_test([0.4, 0.4], 0.4).p_value == 1.0  # the sample is the value
+    assert math.isnan(one_sample_test([0.4, 0.4], 0.5).p_value)  # no spread: t infinite
+    assert math.isnan(one_sample_test([0.4], 0.5).p_value)  # one seed: no test
+    with pytest.raises(ValueError, match="NaN"):
+        one_sample_test([0.4, float("nan")], 0.5)
+
+
+def _report(config, **per_seed):
+    from nnunet_plugin.evaluation.compare import Report
+    from nnunet_plugin.evaluation.finetune import RunResult
+
+    runs = {init: [RunResult(init, seed, {}, v, {}) for seed, v in enumerate(values)]
+            for init, values in per_seed.items()}
+    return Report(None, "rasd2d_small", None, list(range(5)), config, runs)
+
+
+def test_probe_tests_scratchs_seeds_against_the_fixed_pretrained_value():
+    from nnunet_plugin.evaluation.finetune import FinetuneConfig
+
+    scratch, pretrained = [0.50, 0.52, 0.49, 0.53, 0.51], [0.60] * 5
+    (pair,) = _report(None, scratch=scratch, rasd=pretrained).pairs()
+    assert pair["test"] == "one-sample t-test (two-sided)"
+    assert pair["p_value"] == pytest.approx(0.0002195114192059883)  # t = 12.73, 4 df
+    assert pair["mean_difference"] == pytest.approx(0.09) and pair["n"] == 5
+    # after fine-tuning both inits vary by seed and seed s pairs them: the paired test
+    (pair,) = _report(FinetuneConfig(), scratch=scratch, rasd=[0.61, 0.60, 0.62, 0.60, 0.63]).pairs()
+    assert pair["test"] == "paired t-test (two-sided)"
+    # two sets of fixed weights in the probe: nothing varies, nothing to test
+    (pair,) = _report(None, a=[0.6] * 5, b=[0.7] * 5).pairs()
+    assert pair["p_value"] is None and pair["test"].startswith("undefined")
+    assert pair["mean_difference"] == pytest.approx(0.1)
 
 
 def test_pca_colouring_separates_regions_with_different_features():

@@ -5,7 +5,10 @@ liver CT (:func:`nnunet_plugin.datasets.load_liver_ct`), labelled "contains tumo
 ``positive_fraction`` of the tile is tumour) or "no tumour" (no tumour voxel); tiles in between
 are left out as ambiguous. Every slice of that crop holds some tumour, so the task is tile-level.
 Slices split by position along z (train below, test above, with a gap), so neighbouring,
-nearly identical slices never fall on both sides. Each init gets the same model
+nearly identical slices never fall on both sides. Intensities take ``RaSDTrainer``'s path
+(:mod:`nnunet_plugin.normalization`): nnU-Net's CTNormalization with the training slices'
+foreground fingerprint, then the network maps them onto the moments of each init's weights.
+Each init gets the same model
 (``create_model(..., head="classifier")``: encoder + global pooling + linear layer), the same
 seeds, data order and schedule; the test AUC is compared with a paired t-test over seeds.
 The 3D task (``blocks3d``) asks the same of 32^3 blocks of the volume.
@@ -19,17 +22,26 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from nnunet_plugin.normalization import NnUNetNormalization, fit_nnunet_normalization
+
 __all__ = ["TileTask", "liver_tumour_tiles", "liver_tumour_blocks", "TASKS", "roc_auc",
            "classify_compare"]
 
 
 @dataclass
 class TileTask:
-    train_x: np.ndarray  # (N, 1, T, T) float32, scaled as the weights expect
+    train_x: np.ndarray  # (N, 1, T, T) float32, normalised as nnU-Net would (CTNormalization)
     train_y: np.ndarray  # (N,) 0/1
     test_x: np.ndarray
     test_y: np.ndarray
     description: str
+    normalization: NnUNetNormalization  # how train_x / test_x were normalised
+
+
+def _normalized_ct(image: np.ndarray, label: np.ndarray, train_z):
+    """The CT volume through nnU-Net's CTNormalization, fingerprinted on the ``train_z`` slices."""
+    normalization = fit_nnunet_normalization({"0": "CT"}, [image[None, train_z]], [label[train_z]])
+    return normalization(image[None])[0], normalization
 
 
 def _windows(scaled, label, z_starts, depth: int, size: int, stride: int, positive_fraction: float):
@@ -50,49 +62,43 @@ def _windows(scaled, label, z_starts, depth: int, size: int, stride: int, positi
 
 
 def liver_tumour_tiles(cache_dir=None, *, tile: int = 32, slice_step: int = 2, split_z: int = 80,
-                       gap: int = 8, positive_fraction: float = 0.05, normalization: dict | None = None
-                       ) -> TileTask:
-    """The tile task (see the module docstring); intensities scaled with
-    :func:`~nnunet_plugin.evaluation.intensity.fit_scaler` fitted on the training slices only."""
+                       gap: int = 8, positive_fraction: float = 0.05) -> TileTask:
+    """The tile task (see the module docstring); the CT window comes from the training slices
+    only."""
     from nnunet_plugin.datasets import load_liver_ct
-    from nnunet_plugin.evaluation.intensity import fit_scaler
 
     image, label = load_liver_ct(cache_dir)
     z = image.shape[0]
     train_z = list(range(0, split_z, slice_step))
     test_z = list(range(split_z + gap, z, slice_step))
-    scaler = fit_scaler(normalization, {"0": "CT"}, [image[train_z][None]], [label[train_z]])
-    scaled = scaler(image[None])[0]
+    scaled, normalization = _normalized_ct(image, label, train_z)
     train_x, train_y = _windows(scaled, label, train_z, 1, tile, tile, positive_fraction)
     test_x, test_y = _windows(scaled, label, test_z, 1, tile, tile, positive_fraction)
     desc = (f"LiTS liver CT img_117, {tile}x{tile} axial tiles, 'contains tumour' (>= "
             f"{positive_fraction:.0%} tumour) vs none; train z {train_z[0]}..{train_z[-1]} step "
             f"{slice_step} ({len(train_y)} tiles, {int(train_y.sum())} positive), test z "
             f"{test_z[0]}..{test_z[-1]} ({len(test_y)} tiles, {int(test_y.sum())} positive)")
-    return TileTask(train_x, train_y, test_x, test_y, desc)
+    return TileTask(train_x, train_y, test_x, test_y, desc, normalization)
 
 
 def liver_tumour_blocks(cache_dir=None, *, block: int = 32, stride: int = 16, split_z: int = 64,
-                        gap: int = 16, positive_fraction: float = 0.05,
-                        normalization: dict | None = None) -> TileTask:
+                        gap: int = 16, positive_fraction: float = 0.05) -> TileTask:
     """The 3D version: ``block``^3 blocks (``stride`` apart) of the same CT, "contains tumour";
     blocks starting below ``split_z - block`` train, those from ``split_z + gap`` on test."""
     from nnunet_plugin.datasets import load_liver_ct
-    from nnunet_plugin.evaluation.intensity import fit_scaler
 
     image, label = load_liver_ct(cache_dir)
     z = image.shape[0]
     train_z = list(range(0, split_z - block + 1, stride))
     test_z = list(range(split_z + gap, z - block + 1, stride))
-    scaler = fit_scaler(normalization, {"0": "CT"}, [image[None, :split_z]], [label[:split_z]])
-    scaled = scaler(image[None])[0]
+    scaled, normalization = _normalized_ct(image, label, list(range(split_z)))
     train_x, train_y = _windows(scaled, label, train_z, block, block, stride, positive_fraction)
     test_x, test_y = _windows(scaled, label, test_z, block, block, stride, positive_fraction)
     desc = (f"LiTS liver CT img_117, {block}^3 blocks (stride {stride}), 'contains tumour' (>= "
             f"{positive_fraction:.0%} tumour) vs none; train z0 {train_z[0]}..{train_z[-1]} "
             f"({len(train_y)} blocks, {int(train_y.sum())} positive), test z0 {test_z[0]}..{test_z[-1]} "
             f"({len(test_y)} blocks, {int(test_y.sum())} positive)")
-    return TileTask(train_x, train_y, test_x, test_y, desc)
+    return TileTask(train_x, train_y, test_x, test_y, desc, normalization)
 
 
 #: the tasks `rasd eval classify --task` offers
@@ -149,25 +155,25 @@ def classify_compare(model_name: str, inits: Sequence[str], *, task: str = "tile
     from nnunet_plugin.evaluation.inits import build_model
     from nnunet_plugin.evaluation.stats import mean_ci, paired_test
 
-    tasks: dict[str, TileTask] = {}
-    results: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
+    # one task for every init: the normalised tiles do not depend on the weights (the network maps)
+    tile_task = TASKS[task](cache_dir)
+    results: dict[str, dict[str, Any]] = {}
     for init in inits:
-        aucs, described = [], ""
+        aucs, described, intensity = [], "", ""
         for seed in range(seeds):
             torch.manual_seed(seed)  # the same new layers for every init
             built = build_model(model_name, init, 2, 1, head="classifier")
-            key = repr(sorted(built.normalization.items()))
-            if key not in tasks:
-                tasks[key] = TASKS[task](cache_dir, normalization=built.normalization)
-            aucs.append(_train_and_score(built.model, tasks[key], seed=seed, epochs=epochs,
-                                         batch=batch, lr=lr))
-            described = built.description
-        results[init] = {"weights": described, "auc": aucs, "mean": mean_ci(aucs).as_dict()}
+            path = tile_task.normalization.for_weights(built.normalization)
+            aucs.append(_train_and_score(path.network(built.model), tile_task, seed=seed,
+                                         epochs=epochs, batch=batch, lr=lr))
+            described, intensity = built.description, path.describe()
+        results[init] = {"weights": described, "intensity": intensity, "auc": aucs,
+                         "mean": mean_ci(aucs).as_dict()}
     reference = inits[0]
     for init in inits[1:]:
         results[init]["vs_" + reference] = paired_test(results[reference]["auc"], results[init]["auc"]).as_dict()
-    return {"task": next(iter(tasks.values())).description, "task_name": task, "model": model_name, "seeds": seeds,
+    return {"task": tile_task.description, "task_name": task, "model": model_name, "seeds": seeds,
             "epochs": epochs, "batch": batch, "lr": lr, "results": results,
             "wall_seconds": round(time.perf_counter() - t0, 1),
             "threads": torch.get_num_threads()}

@@ -90,6 +90,8 @@ def configure_probe(parser: argparse.ArgumentParser) -> None:
     Examples:
       rasd eval probe --data bench/Dataset501_LiverCT2D --model rasd2d_small \\
           --init scratch --init runs/small/export --pca-out probe_pics
+    Pre-trained weights give one deterministic value, scratch one value per seed: the p-value is a
+    two-sided one-sample t-test of scratch's per-seed values against the pre-trained value.
     """
     _add_common(parser, train=False)
     parser.add_argument("--init", action="append", required=True, dest="inits",
@@ -119,7 +121,8 @@ def configure_table(parser: argparse.ArgumentParser) -> None:
     """Summarise saved reports (--out / --json of compare, finetune, probe) as one Markdown table.
 
     One row per report and init other than the reference: train / test cases, reference and init
-    mean Dice with 95 percent CI, difference, paired p, per-class means (reference -> init), device.
+    mean Dice with 95 percent CI, difference, p (paired t-test after fine-tuning, one-sample t-test
+    for the probe), per-class means (reference -> init), device.
 
     Example:
       rasd eval table docs/results/reports/compare_*.json
@@ -208,8 +211,18 @@ def format_table(report: dict) -> str:
         lines.append(f"  {init}: per-seed mean Dice " +
                      ", ".join(_fmt(v) for v in s["per_seed_mean_dice"]) + f"; source {s['source']}")
     if report["pairs"]:
-        lines.append(f"p: {report['pairs'][0]['test']} over seeds (per-seed mean Dice)")
+        lines.append(_p_legend(report["pairs"][0]))
     return "\n".join(lines)
+
+
+def _p_legend(pair: dict) -> str:
+    """What the p column tested, in words."""
+    from nnunet_plugin.evaluation.stats import ONE_SAMPLE
+
+    if pair["test"] == ONE_SAMPLE:
+        return (f"p: {ONE_SAMPLE} of {pair['reference']}'s per-seed mean Dice against each "
+                "pre-trained init's value (deterministic: the same for every seed)")
+    return f"p: {pair['test']} over seeds (per-seed mean Dice)"
 
 
 def _compare(args, inits: list[str]) -> dict:

@@ -9,7 +9,10 @@ The report (``Report.as_dict()``, what ``--json`` prints) is one JSON object::
      "pairs": [{"init", "reference", "p_value", "mean_difference", "n", "test"}]}
 
 Undefined numbers (a CI from one seed, Dice of a class absent everywhere) are ``null``. Pairs
-compare every init with the reference, ``scratch`` when it is among the inits, else the first.
+compare every init with the reference, ``scratch`` when it is among the inits, else the first:
+after fine-tuning with a paired t-test over seeds (seed s trains every init on the same patches);
+in the frozen-feature probe, where pre-trained weights give one deterministic value, with a
+one-sample t-test of scratch's per-seed values against that value (``test`` names which).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from nnunet_plugin.evaluation.finetune import (
     FinetuneConfig, RunResult, resolve_device, finetune_and_evaluate, load_split_cases,
 )
 from nnunet_plugin.evaluation.inits import SCRATCH
-from nnunet_plugin.evaluation.stats import mean_ci, paired_test
+from nnunet_plugin.evaluation.stats import mean_ci, one_sample_test, paired_test
 from rasd_hub.errors import RasdValueError
 
 __all__ = ["Report", "run_comparison", "reference_init", "check_inits"]
@@ -68,7 +71,11 @@ class Report:
                 out.append({"init": init, "reference": ref, "p_value": None, "mean_difference": None,
                             "n": len(a), "test": "undefined: a run has no defined Dice"})
                 continue
-            out.append({"init": init, "reference": ref, **paired_test(a, b).as_dict()})
+            if self.config is None:  # the frozen-feature probe: nothing was trained
+                test = _probe_test(ref, init, a, b)
+            else:
+                test = paired_test(a, b).as_dict()
+            out.append({"init": init, "reference": ref, **test})
         return out
 
     def init_summary(self, init: str) -> dict[str, Any]:
@@ -101,6 +108,17 @@ class Report:
             "inits": {init: self.init_summary(init) for init in self.runs},
             "pairs": self.pairs(),
         }
+
+
+def _probe_test(reference: str, init: str, a: list[float], b: list[float]) -> dict[str, Any]:
+    """``init`` against ``reference`` in the probe. Only a random init (scratch) varies with the
+    seed there; pre-trained weights give the same value for every seed, so the test is scratch's
+    sample against that fixed value, not a pairing of seeds."""
+    if reference == SCRATCH and init != SCRATCH:
+        # b repeats one value (the probe of fixed weights is deterministic); its mean is that value
+        return one_sample_test(a, sum(b) / len(b)).as_dict()
+    return {"p_value": None, "mean_difference": sum(b) / len(b) - sum(a) / len(a), "n": len(a),
+            "test": "undefined: both inits are deterministic in the probe, nothing varies to test"}
 
 
 def _device_label(name: str) -> str:

@@ -3,18 +3,22 @@
 The recipe is the same for every init (that is the point of the benchmark), plain PyTorch:
 
 * network: ``rasd_hub.create_model(--model, weights of --init, num_classes, in_chans)``;
-* intensities: as the weights' config says (:mod:`.intensity`), fitted on training cases only;
+* intensities: ``RaSDTrainer``'s path (:mod:`nnunet_plugin.normalization`): nnU-Net's
+  normalisation of each channel (CT: clip + z-score with the training foreground's fingerprint;
+  otherwise z-score per image), then the network maps ``x * scale + shift`` onto the moments the
+  weights were pre-trained on;
 * patches: ``patch`` voxels (default: the image extent rounded up to the input divisor, capped at
   128 in 2D / 64 in 3D); images smaller than a patch are padded with their minimum; one patch in
   three is centred on a foreground voxel of a random foreground class (nnU-Net's oversampling, so
   small structures such as tumour are seen at all in short runs);
 * augmentation: a random flip per spatial axis and a random contrast (x0.9..1.1) and brightness
-  (+-0.1) change, nothing else;
+  (+-0.1) change of the nnU-Net-normalised patch, nothing else;
 * optimisation: AdamW (lr 1e-3, weight decay 1e-4), poly decay (nnU-Net's exponent 0.9),
   cross-entropy + soft Dice over the foreground classes, ``steps`` optimiser steps;
-* seed ``s`` fixes the head (and, for scratch, all) initial weights and the patch/augmentation
-  stream, so seed ``s`` of every init sees exactly the same training patches: the pairing the
-  paired test relies on;
+* seed ``s`` fixes the head (and, for scratch, all) initial weights and, from its own generator,
+  the patch/augmentation stream; the normalised images do not depend on the weights, so seed
+  ``s`` of every init sees exactly the same training patches: the pairing the paired test relies
+  on;
 * inference: MONAI sliding-window (window = patch, overlap 0.5, Gaussian weighting) on the whole
   test image, argmax, Dice per foreground class per test case (:func:`dice_per_label`).
 
@@ -34,13 +38,13 @@ import numpy as np
 from nnunet_plugin.datasets import dice_per_label
 from nnunet_plugin.evaluation.data import Case, RawDataset, Split, load_case
 from nnunet_plugin.evaluation.inits import build_model
-from nnunet_plugin.evaluation.intensity import IntensityScaler, fit_scaler
 from rasd_hub._device import resolve_device  # the project's one device resolver (re-exported)
 from nnunet_plugin.evaluation.errors import InitError
+from nnunet_plugin.normalization import InputPath, fit_nnunet_normalization
 from rasd_hub.errors import RasdValueError
 
 __all__ = ["FinetuneConfig", "RunResult", "load_split_cases", "finetune_and_evaluate",
-           "auto_patch_size", "summarise_cases", "pad_to_size", "resolve_device"]
+           "auto_patch_size", "summarise_cases", "fit_input_path", "pad_to_size", "resolve_device"]
 
 _PATCH_CAP = {2: 128, 3: 64}
 FOREGROUND_FRACTION = 1 / 3
@@ -91,6 +95,14 @@ class RunResult:
 def load_split_cases(dataset: RawDataset, split: Split) -> tuple[list[Case], list[Case]]:
     """Training and test cases in memory."""
     return [load_case(dataset, c) for c in split.train], [load_case(dataset, c) for c in split.test]
+
+
+def fit_input_path(dataset: RawDataset, train: Sequence[Case],
+                   weights_normalization: dict | None) -> InputPath:
+    """``RaSDTrainer``'s input path for weights pre-trained with ``weights_normalization``:
+    nnU-Net's normalisation fitted on the training cases only, then the mapping onto the weights."""
+    return fit_nnunet_normalization(dataset.channel_names, [c.image for c in train],
+                                    [c.label for c in train]).for_weights(weights_normalization)
 
 
 def auto_patch_size(cases: Sequence[Case], divisor: int) -> tuple[int, ...]:
@@ -191,7 +203,9 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
     num_classes = dataset.num_classes
     torch.manual_seed(seed)
     built = build_model(model_name, init, num_classes=num_classes, in_chans=dataset.num_channels)
-    model = built.model.to(device)
+    intensity = fit_input_path(dataset, train, built.normalization)
+    normalize = intensity.normalization
+    model = intensity.network(built.model).to(device)
     spatial_dims = int(model.rasd_config["spatial_dims"])
     data_dims = train[0].label.ndim
     if spatial_dims != data_dims:
@@ -202,9 +216,7 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
     patch = tuple(config.patch) if config.patch else auto_patch_size(train, divisor)
     if len(patch) != data_dims or any(p % divisor for p in patch):
         raise RasdValueError(f"--patch {patch}: need {data_dims} sizes, each a multiple of {divisor}")
-    scaler: IntensityScaler = fit_scaler(built.normalization, dataset.channel_names,
-                                         [c.image for c in train], [c.label for c in train])
-    sampler = PatchSampler([scaler(c.image) for c in train], [c.label for c in train], patch, seed)
+    sampler = PatchSampler([normalize(c.image) for c in train], [c.label for c in train], patch, seed)
 
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -232,7 +244,7 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
     kept: dict[str, np.ndarray] = {}
     with torch.no_grad():
         for case in test:
-            image, _ = pad_to_size(scaler(case.image), None, patch)
+            image, _ = pad_to_size(normalize(case.image), None, patch)
             x = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
             logits = sliding_window_inference(x, patch, sw_batch_size=4, predictor=model,
                                               overlap=0.5, mode="gaussian")
@@ -246,4 +258,4 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
     return RunResult(init=init, seed=seed, per_class=per_class, mean_dice=mean_dice,
                      per_case=per_case, final_loss=loss_value,
                      seconds=round(time.perf_counter() - start, 2), source=built.description,
-                     intensity=scaler.describe(), predictions=kept)
+                     intensity=intensity.describe(), predictions=kept)

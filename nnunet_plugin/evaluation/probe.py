@@ -21,15 +21,16 @@ import numpy as np
 
 from nnunet_plugin.datasets import dice_per_label
 from nnunet_plugin.evaluation.data import Case, RawDataset
-from nnunet_plugin.evaluation.finetune import RunResult, pad_to_size, resolve_device, summarise_cases
+from nnunet_plugin.evaluation.finetune import (
+    RunResult, fit_input_path, pad_to_size, resolve_device, summarise_cases,
+)
 from nnunet_plugin.evaluation.inits import build_model
-from nnunet_plugin.evaluation.intensity import fit_scaler
 
 __all__ = ["prototype_probe", "pca_rgb", "embed"]
 
 
 def embed(model, image: np.ndarray, divisor: int, device) -> np.ndarray:
-    """(D, *spatial) L2-normalised embedding of a scaled (C, *spatial) image (padded to the
+    """(D, *spatial) L2-normalised embedding of a normalised (C, *spatial) image (padded to the
     network's divisor, cropped back)."""
     import torch
     import torch.nn.functional as F
@@ -53,14 +54,15 @@ def prototype_probe(dataset: RawDataset, train: Sequence[Case], test: Sequence[C
     torch.manual_seed(seed)
     built = build_model(model_name, init, num_classes=None, in_chans=dataset.num_channels)
     dev = resolve_device(device)
-    model = built.model.to(dev).eval()
+    # the trainer's input path: nnU-Net's normalisation, then the mapping onto the weights
+    intensity = fit_input_path(dataset, train, built.normalization)
+    normalize = intensity.normalization
+    model = intensity.network(built.model).to(dev).eval()
     divisor = int(model.rasd_config["input_divisor"])
-    scaler = fit_scaler(built.normalization, dataset.channel_names, [c.image for c in train],
-                        [c.label for c in train])
     num_classes = dataset.num_classes
     sums, counts = None, np.zeros(num_classes)
     for case in train:
-        f = embed(model, scaler(case.image), divisor, dev)
+        f = embed(model, normalize(case.image), divisor, dev)
         flat, lab = f.reshape(f.shape[0], -1), case.label.ravel()
         if sums is None:
             sums = np.zeros((num_classes, f.shape[0]))
@@ -75,7 +77,7 @@ def prototype_probe(dataset: RawDataset, train: Sequence[Case], test: Sequence[C
     names = dataset.foreground_labels
     per_case, kept = {}, []
     for case in test:
-        image = scaler(case.image)
+        image = normalize(case.image)
         f = embed(model, image, divisor, dev)
         similarity = np.tensordot(prototypes, f, axes=(1, 0))  # (P, *spatial)
         prediction = classes[similarity.argmax(0)]
@@ -85,7 +87,7 @@ def prototype_probe(dataset: RawDataset, train: Sequence[Case], test: Sequence[C
             kept.append({"case": case, "embedding": f, "prediction": prediction, "image": image})
     per_class, mean_dice = summarise_cases(per_case, list(names.values()))
     result = RunResult(init=init, seed=seed, per_class=per_class, mean_dice=mean_dice,
-                       per_case=per_case, source=built.description, intensity=scaler.describe())
+                       per_case=per_case, source=built.description, intensity=intensity.describe())
     return result, kept
 
 
