@@ -283,3 +283,43 @@ def test_3d_fullres_on_liver_ct_blocks(tmp_path, weights, plans, tag):
     assert set(np.unique(pred)) <= {0, 1, 2}
     fold = _model_dir(env, raw.name, configuration="3d_fullres", plans=plans) / "fold_0"
     assert f"RaSD: loaded {tag}" in _log(fold)
+
+
+@pytest.mark.slow
+def test_rasd_pretrain_resencl_weights_fine_tune_in_nnunet_3d(tmp_path):
+    """The paper-scale ResEnc-L (nnssl's layout, 102M parameters) from `rasd pretrain` (2 steps at
+    64^3 on CPU) is planned for a real 3D dataset and fine-tuned by nnUNetv2_train -tr RaSDTrainer...
+    on 3d_fullres, then predicts: the whole user path with weights this project produced."""
+    import rasd_hub
+    from safetensors.torch import load_file
+
+    env = nnunet_environment(tmp_path / "nnunet")
+    run = tmp_path / "pretrain"
+    run_nnunet(["rasd", "pretrain", "--preset", "rasd3d_resencl", "--size", "64", "--steps", "2",
+                "--batch-size", "1", "--num-classes", "4", "--checkpoint-every", "2", "--device", "cpu",
+                "--out", str(run), "--no-preview", "--no-progress"], env, timeout=1800)
+    export = run / "export"
+    model = rasd_hub.load(export)
+    assert model.rasd_config["architecture"] == "rasd3d_resencl"
+    assert sum(p.numel() for p in model.parameters()) == 102_373_920
+
+    raw = build_liver_ct_3d(env["nnUNet_raw"], 507, block=64, test_every=8)
+    plan_and_preprocess(507, env, configurations=("3d_fullres",), verify=False)
+    rasd_plan(507, env, export, "-c", "3d_fullres", "--plans-name", "RaSDResEncPlans")
+    _train(507, 0, env, configuration="3d_fullres", plans="RaSDResEncPlans")
+    fold = _model_dir(env, raw.name, configuration="3d_fullres", plans="RaSDResEncPlans") / "fold_0"
+    assert "RaSD: loaded" in _log(fold) and str(export) in _log(fold)
+    # the pre-trained encoder went into nnU-Net's network: after 6 AdamW steps it is still much
+    # nearer the pre-trained weights than an independent initialisation of the same network is
+    pretrained = load_file(str(export / "model.safetensors"))
+    tuned = _network_state(fold)
+    torch.manual_seed(123)
+    independent = rasd_hub.create_model("rasd3d_resencl").state_dict()
+    for key in ("encoder.stem.convs.0.conv.weight", "encoder.stages.5.blocks.0.conv2.conv.weight"):
+        moved = (tuned["net." + key].float() - pretrained[key].float()).norm()
+        unrelated = (independent[key].float() - pretrained[key].float()).norm()
+        assert moved < 0.5 * unrelated, (key, float(moved), float(unrelated))
+    out = tmp_path / "pred"
+    _predict(507, env, raw / "imagesTs", out, configuration="3d_fullres", plans="RaSDResEncPlans")
+    (ref_path,) = sorted((raw / "labelsTs").glob("*.nii.gz"))
+    assert _read(out / ref_path.name).shape == _read(ref_path).shape == (64, 64, 64)

@@ -215,22 +215,3 @@ def test_cli_export_nnssl_and_convert_back(tmp_path):
     assert plan["recommended_downstream_patchsize"] == [32, 32, 32]  # the preset's synthetic size
     assert "converted nnssl checkpoint" in rasd("hub", "convert", str(tmp_path / "r.pth"), str(tmp_path / "w"))
     assert rasd_hub.load(tmp_path / "w").rasd_config["architecture"] == "rasd3d_resencl"
-
-
-# ------------------------------------------------------------------------------ pre-training
-
-
-@pytest.mark.slow
-def test_paper_scale_resencl_preset_trains_a_few_steps_on_cpu(tmp_path):
-    """The full ResEnc-L (102M parameters) under the runner: 2 steps at 64^3, batch 1."""
-    from pretraining.config import TrainConfig
-    from pretraining.runner import run_pretraining
-
-    config = TrainConfig.from_preset("rasd3d_resencl", size=64, steps=2, batch_size=1,
-                                     checkpoint_every=2, out_dir=str(tmp_path), device="cpu",
-                                     preview=False, export=True, num_classes=4)
-    result = run_pretraining(config, progress=False)
-    assert result.step == 2 and result.final_loss is not None and torch.isfinite(torch.tensor(result.final_loss))
-    model = rasd_hub.load(result.export_dir)
-    assert model.rasd_config["architecture"] == "rasd3d_resencl"
-    assert sum(p.numel() for p in model.parameters()) == 102_373_920
