@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import platform
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from nnunet_plugin.evaluation.data import RawDataset, Split
 from nnunet_plugin.evaluation.finetune import (
@@ -29,6 +29,9 @@ from nnunet_plugin.evaluation.finetune import (
 from nnunet_plugin.evaluation.inits import SCRATCH
 from nnunet_plugin.evaluation.stats import mean_ci, one_sample_test, paired_test
 from rasd_hub.errors import RasdValueError
+
+if TYPE_CHECKING:
+    from nnunet_plugin.evaluation.nnunet_backend import NnunetRecipe
 
 __all__ = ["Report", "run_comparison", "reference_init", "check_inits"]
 
@@ -48,7 +51,9 @@ class Report:
     model: str
     split: Split
     seeds: list[int]
-    config: FinetuneConfig | None  # None: the frozen-feature probe (nothing is trained)
+    # what trained every run: FinetuneConfig (the in-process loop), NnunetRecipe (nnU-Net's
+    # trainer, nnunet_backend) or None: the frozen-feature probe (nothing is trained)
+    config: FinetuneConfig | NnunetRecipe | None
     runs: dict[str, list[RunResult]] = field(default_factory=dict)  # init -> one per seed
     device: str = "auto"
 
@@ -91,13 +96,10 @@ class Report:
                 "runs": [r.as_dict() for r in runs]}
 
     def as_dict(self) -> dict[str, Any]:
-        cfg = self.config
-        if cfg is None:
+        if self.config is None:
             recipe = {"probe": "nearest prototype (cosine) on the frozen output embedding"}
         else:
-            recipe = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                      "weight_decay": cfg.weight_decay,
-                      "patch": list(cfg.patch) if cfg.patch else "auto"}
+            recipe = self.config.recipe()
         return {
             "dataset": str(self.dataset.folder), "model": self.model,
             "split": {"source": self.split.source, "train": self.split.train,
