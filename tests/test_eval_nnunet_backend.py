@@ -51,6 +51,9 @@ def test_nnunet_backend_refuses_inprocess_options_and_needs_work(capsys, tmp_pat
     err = _error(capsys, base)
     assert "--backend nnunet needs --work" in err
     assert not (tmp_path / "w").exists()  # refused before anything was written
+    inprocess = base[:-2] + ["--nnunet-trainer", "RaSDTrainerSmall_2epochs_cpu", "--work", str(tmp_path / "w")]
+    err = _error(capsys, inprocess)
+    assert "--work, --nnunet-trainer: only --backend nnunet uses them" in err
 
 
 def test_nnunet_backend_refuses_a_work_folder_of_another_comparison(tmp_path):

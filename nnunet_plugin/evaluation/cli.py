@@ -20,6 +20,8 @@ BACKENDS = ("inprocess", "nnunet")
 #: options only the in-process loop honours (dest, flag); --backend nnunet refuses them
 INPROCESS_ONLY = (("steps", "--steps"), ("batch_size", "--batch-size"), ("lr", "--lr"),
                   ("patch", "--patch"), ("pictures", "--pictures"))
+#: options only --backend nnunet honours; the in-process loop refuses them
+NNUNET_ONLY = (("work", "--work"), ("nnunet_trainer", "--nnunet-trainer"))
 
 
 def _train_cases(text: str) -> int | None:
@@ -100,7 +102,7 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", type=Path, default=None, metavar="DIR",
                         help="--backend nnunet: folder for nnU-Net's data, trained folds, predictions "
                         "and per-run records (required there)")
-    parser.add_argument("--nnunet-trainer", default=DEFAULT_TRAINER, metavar="NAME",
+    parser.add_argument("--nnunet-trainer", default=None, metavar="NAME",
                         help=f"--backend nnunet: the pre-trained inits' trainer (default {DEFAULT_TRAINER}); "
                         "scratch trains its from-scratch twin (NAME with FromScratch after its first part)")
     parser.set_defaults(func=run_compare)
@@ -195,18 +197,24 @@ def _config(args):
     return FinetuneConfig(**given, patch=tuple(args.patch) if args.patch else None, device=args.device)
 
 
-def _check_nnunet_backend_options(args) -> None:
-    """``--backend nnunet`` needs --work and refuses what only the in-process loop honours."""
+def _check_backend_options(args) -> None:
+    """Refuse the options (given explicitly) that only the other backend honours; ``--backend
+    nnunet`` also needs --work."""
     from rasd_hub.errors import RasdValueError
 
-    given = [flag for dest, flag in INPROCESS_ONLY if getattr(args, dest, None) is not None]
-    if given:
+    nnunet = getattr(args, "backend", "inprocess") == "nnunet"
+    given = [flag for dest, flag in (INPROCESS_ONLY if nnunet else NNUNET_ONLY)
+             if getattr(args, dest, None) is not None]
+    them = "it" if len(given) == 1 else "them"
+    if given and nnunet:
         raise RasdValueError(
-            f"{', '.join(given)}: only --backend inprocess honours {'it' if len(given) == 1 else 'them'}; "
-            "with --backend nnunet the nnU-Net trainer (--nnunet-trainer: epochs, iterations, "
-            "optimiser) and the plans (patch, batch) set the budget. Leave them out, or choose another "
-            "trainer.")
-    if args.work is None:
+            f"{', '.join(given)}: only --backend inprocess honours {them}; with --backend nnunet the "
+            "nnU-Net trainer (--nnunet-trainer: epochs, iterations, optimiser) and the plans (patch, "
+            f"batch) set the budget. Leave {them} out, or choose another trainer.")
+    if given:
+        raise RasdValueError(f"{', '.join(given)}: only --backend nnunet uses {them}; add --backend "
+                             f"nnunet or leave {them} out")
+    if nnunet and args.work is None:
         raise RasdValueError("--backend nnunet needs --work DIR: the folder for nnU-Net's data, the "
                              "trained folds and the predictions (running again with it continues)")
 
@@ -274,14 +282,14 @@ def _compare(args, inits: list[str]) -> dict:
     """Run the comparison (and its pictures, if asked for); the report dict."""
     from nnunet_plugin.evaluation.compare import run_comparison
 
+    _check_backend_options(args)
     if getattr(args, "backend", "inprocess") == "nnunet":
-        from nnunet_plugin.evaluation.nnunet_backend import run_comparison_nnunet
+        from nnunet_plugin.evaluation.nnunet_backend import DEFAULT_TRAINER, run_comparison_nnunet
 
-        _check_nnunet_backend_options(args)
         dataset, split = _setup(args)
         report = run_comparison_nnunet(dataset, split, args.model, inits, _seeds(args), args.work,
-                                       trainer=args.nnunet_trainer, device=_nnunet_device(args.device),
-                                       log=_log(args))
+                                       trainer=args.nnunet_trainer or DEFAULT_TRAINER,
+                                       device=_nnunet_device(args.device), log=_log(args))
         return report.as_dict()
     dataset, split = _setup(args)
     keep = PICTURE_CASES if args.pictures else 0

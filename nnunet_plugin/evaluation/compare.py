@@ -8,6 +8,10 @@ The report (``Report.as_dict()``, what ``--json`` prints) is one JSON object::
                       "per_class": {CLASS: {"mean", "ci95", "n"}}, "runs": [RunResult...]}},
      "pairs": [{"init", "reference", "p_value", "mean_difference", "n", "test"}]}
 
+``config`` is the recipe: ``{"backend": "inprocess", "steps", ...}`` (this loop),
+``{"backend": "nnunet", "trainer", ...}`` (:mod:`nnunet_plugin.evaluation.nnunet_backend`) or
+``{"probe": ...}``.
+
 Undefined numbers (a CI from one seed, Dice of a class absent everywhere) are ``null``. Pairs
 compare every init with the reference, ``scratch`` when it is among the inits, else the first:
 after fine-tuning with a paired t-test over seeds (seed s trains every init on the same patches);

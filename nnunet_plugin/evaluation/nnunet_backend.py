@@ -62,7 +62,6 @@ class NnunetRecipe:
     scratch_trainer: str
     configuration: str
     plans: dict[str, str] = field(default_factory=dict)  # init -> plans identifier
-    device: str = "cpu"
 
     def trainer_for(self, init: str) -> str:
         return self.scratch_trainer if init == SCRATCH else self.trainer
@@ -228,7 +227,7 @@ def run_comparison_nnunet(dataset: RawDataset, split: Split, model: str, inits: 
         plan_and_preprocess(DATASET_ID, env, configurations=(configuration,), verify=False)
         preprocessed_mark.touch()
 
-    recipe = NnunetRecipe(trainer, scratch_trainer, configuration, device=device)
+    recipe = NnunetRecipe(trainer, scratch_trainer, configuration)
     for init in inits:
         weights = model if init == SCRATCH else init  # scratch: the model's own plans, no weights
         recipe.plans[init] = plans_name(weights)
