@@ -112,3 +112,24 @@ def test_nnunet_backend_end_to_end_on_real_tiles_and_resumes(capsys, tmp_path):
     assert main(["eval", "table", str(out)]) == 0
     row = capsys.readouterr().out.splitlines()[2]
     assert f"| nnU-Net {SMOKE_TRAINER} | 8 / 2 |" in row
+
+
+def test_every_init_must_plan_the_models_network(tmp_path):
+    import rasd_hub
+
+    from nnunet_plugin.evaluation.errors import InitError
+    from nnunet_plugin.evaluation.nnunet_backend import _check_one_network
+    from nnunet_plugin.network import comparable_model_args
+
+    def write_plans(name, **model_kwargs):
+        config = rasd_hub.create_model("rasd2d_small", **model_kwargs).rasd_config
+        kwargs = {"rasd_architecture": config["architecture"],
+                  "rasd_model_args": comparable_model_args(config["model_args"])}
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"configurations": {"2d": {"architecture": {"arch_kwargs": kwargs}}}}))
+
+    write_plans("same")
+    write_plans("narrow", channels=(8, 16, 32, 64, 128))
+    _check_one_network(tmp_path, {"scratch": "same", "rasd2d_small": "same"}, "2d", "rasd2d_small")
+    with pytest.raises(InitError, match="'narrow_weights' is a rasd2d_small .* one architecture for every init"):
+        _check_one_network(tmp_path, {"scratch": "same", "narrow_weights": "narrow"}, "2d", "rasd2d_small")

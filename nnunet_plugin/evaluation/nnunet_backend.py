@@ -164,19 +164,20 @@ def _plans(preprocessed: Path, name: str) -> dict:
 
 def _check_one_network(preprocessed: Path, plans: dict[str, str], configuration: str, model: str) -> None:
     """Every init must train ``model``'s network with its arguments (only the weights differ)."""
+    import rasd_hub
 
-    def network(init: str) -> tuple:
-        kwargs = _plans(preprocessed, plans[init])["configurations"][configuration]["architecture"]["arch_kwargs"]
-        return kwargs["rasd_architecture"], kwargs["rasd_model_args"]
+    from nnunet_plugin.network import comparable_model_args
 
-    reference = network(SCRATCH) if SCRATCH in plans else None
-    for init in plans:
-        if reference is not None and network(init) != reference:
+    config = rasd_hub.create_model(model, pretrained=False).rasd_config
+    expected = config["architecture"], comparable_model_args(config["model_args"])
+    for init, name in plans.items():
+        kwargs = _plans(preprocessed, name)["configurations"][configuration]["architecture"]["arch_kwargs"]
+        found = kwargs["rasd_architecture"], kwargs["rasd_model_args"]
+        if found != expected:
             raise InitError(
-                f"--init {init!r} is a {network(init)[0]} with arguments {network(init)[1]}, but --model "
-                f"{model!r} is a {reference[0]} with {reference[1]}; a comparison needs one architecture "
-                "for every init. Pass --model the weights' architecture (or the weights folder itself).")
-        reference = reference or network(init)
+                f"--init {init!r} is a {found[0]} with arguments {found[1]}, but --model {model!r} is a "
+                f"{expected[0]} with {expected[1]}; a comparison needs one architecture for every init. "
+                "Pass --model the weights' architecture (or the weights folder itself).")
 
 
 def _source(plans: dict, init: str) -> str:
