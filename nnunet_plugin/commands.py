@@ -75,6 +75,17 @@ def rasd_plan(dataset_id: int, env: dict, weights, *extra: str) -> subprocess.Co
                        *extra], env)
 
 
+def write_splits_final(preprocessed_folder, splits: list[dict]) -> Path:
+    """Write nnU-Net's ``splits_final.json`` (one ``{"train": [...], "val": [...]}`` per fold)
+    into a dataset's preprocessed folder, atomically; nnU-Net uses it instead of its own 5-fold
+    split when it exists (its documented way to set custom splits)."""
+    from rasd_hub._io import write_json_atomic
+
+    path = Path(preprocessed_folder) / "splits_final.json"
+    write_json_atomic(path, [{"train": list(s["train"]), "val": list(s["val"])} for s in splits])
+    return path
+
+
 def save_random_weights(architecture: str, out_dir, seed: int = 0,
                         normalization: dict | None = None) -> Path:
     """Randomly initialised weights of ``architecture`` in rasd_hub's format, for tests that need

@@ -473,6 +473,26 @@ def dice_per_label(prediction: np.ndarray, reference: np.ndarray, labels: Iterab
     return out
 
 
+def prediction_dice(reference_folder, prediction_folder, labels: Iterable[int],
+                    file_ending: str = ".nii.gz") -> dict[str, dict[int, float]]:
+    """Dice of each label value per case (:func:`dice_per_label`) between the reference labels in
+    ``reference_folder`` (e.g. a raw dataset's ``labelsTs``) and the predictions nnU-Net wrote
+    with the same file names into ``prediction_folder``."""
+    import SimpleITK as sitk
+
+    labels = list(labels)
+    out = {}
+    for ref_path in sorted(Path(reference_folder).glob(f"*{file_ending}")):
+        pred_path = Path(prediction_folder) / ref_path.name
+        if not pred_path.is_file():
+            raise RasdValueError(f"{prediction_folder} has no prediction {ref_path.name} for the "
+                                 f"reference {ref_path}; did the prediction stop early?")
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_path)))
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_path)))
+        out[ref_path.name[: -len(file_ending)]] = dice_per_label(pred, ref, labels)
+    return out
+
+
 # --------------------------------------------------------------------------- embedded real tiles
 
 #: a few real 2D tiles shipped inside the package (no network needed): see data/NOTICE.md

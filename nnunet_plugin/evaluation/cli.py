@@ -16,6 +16,12 @@ __all__ = ["configure_finetune", "configure_compare", "configure_probe", "config
            "configure_table", "configure_classify", "markdown_rows"]
 
 PICTURE_CASES = 3  # test cases drawn by --pictures / --pca-out
+BACKENDS = ("inprocess", "nnunet")
+#: options only the in-process loop honours (dest, flag); --backend nnunet refuses them
+INPROCESS_ONLY = (("steps", "--steps"), ("batch_size", "--batch-size"), ("lr", "--lr"),
+                  ("patch", "--patch"), ("pictures", "--pictures"))
+#: options only --backend nnunet honours; the in-process loop refuses them
+NNUNET_ONLY = (("work", "--work"), ("nnunet_trainer", "--nnunet-trainer"))
 
 
 def _train_cases(text: str) -> int | None:
@@ -40,9 +46,11 @@ def _add_common(parser: argparse.ArgumentParser, *, train: bool) -> None:
                         help="use N training cases (few-shot; split.json's few_shot[N] if stated, "
                         "else a fixed subset); default all")
     if train:
-        parser.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
-        parser.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
-        parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+        # defaults None (FinetuneConfig's values fill them): --backend nnunet must see which
+        # of the in-process loop's options were given
+        parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default 200)")
+        parser.add_argument("--batch-size", type=int, default=None, help="patches per step (default 4)")
+        parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
         parser.add_argument("--patch", type=int, nargs="+", default=None,
                             help="patch size (default: image size rounded to the input divisor, "
                             "at most 128 in 2D / 64 in 3D)")
@@ -75,12 +83,28 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     Examples:
       rasd eval compare --data bench/Dataset501_LiverCT2D --model rasd2d_small \\
           --init scratch --init runs/small/export --seeds 5 --steps 300
+      rasd eval compare --data bench/Dataset501_LiverCT2D --model rasd2d_small \
+          --init scratch --init rasd2d_small --seeds 5 --backend nnunet --work runs/cmp501
     Every init gets the same architecture, recipe, patches, augmentations and seeds. The p-value
     is a two-sided paired t-test over seeds against scratch (or the first init without scratch).
+    --backend nnunet trains every run with nnUNetv2_train (the RaSD trainer, its from-scratch twin
+    for scratch) and predicts with nnUNetv2_predict: the product path; the trainer and the plans
+    set the budget. Re-running with the same --work continues where it stopped.
     """
+    from nnunet_plugin.evaluation.nnunet_backend import DEFAULT_TRAINER
+
     _add_common(parser, train=True)
     parser.add_argument("--init", action="append", required=True, dest="inits",
                         help="repeat for each init (scratch, tag, hf-hub:..., weights folder)")
+    parser.add_argument("--backend", choices=BACKENDS, default="inprocess",
+                        help="inprocess: this harness's fast loop (default; for ablations); nnunet: "
+                        "nnU-Net's own training and inference")
+    parser.add_argument("--work", type=Path, default=None, metavar="DIR",
+                        help="--backend nnunet: folder for nnU-Net's data, trained folds, predictions "
+                        "and per-run records (required there)")
+    parser.add_argument("--nnunet-trainer", default=None, metavar="NAME",
+                        help=f"--backend nnunet: the pre-trained inits' trainer (default {DEFAULT_TRAINER}); "
+                        "scratch trains its from-scratch twin (NAME with FromScratch after its first part)")
     parser.set_defaults(func=run_compare)
 
 
@@ -169,8 +193,37 @@ def _setup(args):
 def _config(args):
     from nnunet_plugin.evaluation.finetune import FinetuneConfig
 
-    return FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          patch=tuple(args.patch) if args.patch else None, device=args.device)
+    given = {k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k) is not None}
+    return FinetuneConfig(**given, patch=tuple(args.patch) if args.patch else None, device=args.device)
+
+
+def _check_backend_options(args) -> None:
+    """Refuse the options (given explicitly) that only the other backend honours; ``--backend
+    nnunet`` also needs --work."""
+    from rasd_hub.errors import RasdValueError
+
+    nnunet = getattr(args, "backend", "inprocess") == "nnunet"
+    given = [flag for dest, flag in (INPROCESS_ONLY if nnunet else NNUNET_ONLY)
+             if getattr(args, dest, None) is not None]
+    them = "it" if len(given) == 1 else "them"
+    if given and nnunet:
+        raise RasdValueError(
+            f"{', '.join(given)}: only --backend inprocess honours {them}; with --backend nnunet the "
+            "nnU-Net trainer (--nnunet-trainer: epochs, iterations, optimiser) and the plans (patch, "
+            f"batch) set the budget. Leave {them} out, or choose another trainer.")
+    if given:
+        raise RasdValueError(f"{', '.join(given)}: only --backend nnunet uses {them}; add --backend "
+                             f"nnunet or leave {them} out")
+    if nnunet and args.work is None:
+        raise RasdValueError("--backend nnunet needs --work DIR: the folder for nnU-Net's data, the "
+                             "trained folds and the predictions (running again with it continues)")
+
+
+def _nnunet_device(name: str) -> str:
+    """nnU-Net's -device for --device (auto: cuda when a GPU is visible)."""
+    from nnunet_plugin.evaluation.finetune import resolve_device
+
+    return resolve_device(name).type if name == "auto" else name
 
 
 def _fmt(x) -> str:
@@ -229,6 +282,15 @@ def _compare(args, inits: list[str]) -> dict:
     """Run the comparison (and its pictures, if asked for); the report dict."""
     from nnunet_plugin.evaluation.compare import run_comparison
 
+    _check_backend_options(args)
+    if getattr(args, "backend", "inprocess") == "nnunet":
+        from nnunet_plugin.evaluation.nnunet_backend import DEFAULT_TRAINER, run_comparison_nnunet
+
+        dataset, split = _setup(args)
+        report = run_comparison_nnunet(dataset, split, args.model, inits, _seeds(args), args.work,
+                                       trainer=args.nnunet_trainer or DEFAULT_TRAINER,
+                                       device=_nnunet_device(args.device), log=_log(args))
+        return report.as_dict()
     dataset, split = _setup(args)
     keep = PICTURE_CASES if args.pictures else 0
     report = run_comparison(dataset, split, args.model, inits, _seeds(args), _config(args),
@@ -319,11 +381,20 @@ def _mean_ci(summary: dict) -> str:
     return _f3(summary["mean"]) + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]")
 
 
+def _budget(config: dict) -> str:
+    """The table's budget cell: the probe, nnU-Net's trainer or the in-process loop's steps."""
+    if "probe" in config:
+        return "probe"
+    if config.get("backend") == "nnunet":
+        return f"nnU-Net {config['trainer']}"
+    return f"{config['steps']} steps"
+
+
 def markdown_rows(report: dict) -> list[str]:
     """Markdown table rows (see ``rasd eval table``) of one report dict."""
     inits = report["inits"]
     split = report["split"]
-    kind = "probe" if "probe" in report["config"] else f"{report['config']['steps']} steps"
+    kind = _budget(report["config"])
     rows = []
     for pair in report["pairs"] or [{"init": None, "reference": next(iter(inits))}]:
         ref = inits[pair["reference"]]

@@ -8,6 +8,10 @@ The report (``Report.as_dict()``, what ``--json`` prints) is one JSON object::
                       "per_class": {CLASS: {"mean", "ci95", "n"}}, "runs": [RunResult...]}},
      "pairs": [{"init", "reference", "p_value", "mean_difference", "n", "test"}]}
 
+``config`` is the recipe: ``{"backend": "inprocess", "steps", ...}`` (this loop),
+``{"backend": "nnunet", "trainer", ...}`` (:mod:`nnunet_plugin.evaluation.nnunet_backend`) or
+``{"probe": ...}``.
+
 Undefined numbers (a CI from one seed, Dice of a class absent everywhere) are ``null``. Pairs
 compare every init with the reference, ``scratch`` when it is among the inits, else the first:
 after fine-tuning with a paired t-test over seeds (seed s trains every init on the same patches);
@@ -20,7 +24,7 @@ from __future__ import annotations
 import math
 import platform
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from nnunet_plugin.evaluation.data import RawDataset, Split
 from nnunet_plugin.evaluation.finetune import (
@@ -29,6 +33,9 @@ from nnunet_plugin.evaluation.finetune import (
 from nnunet_plugin.evaluation.inits import SCRATCH
 from nnunet_plugin.evaluation.stats import mean_ci, one_sample_test, paired_test
 from rasd_hub.errors import RasdValueError
+
+if TYPE_CHECKING:
+    from nnunet_plugin.evaluation.nnunet_backend import NnunetRecipe
 
 __all__ = ["Report", "run_comparison", "reference_init", "check_inits"]
 
@@ -48,7 +55,9 @@ class Report:
     model: str
     split: Split
     seeds: list[int]
-    config: FinetuneConfig | None  # None: the frozen-feature probe (nothing is trained)
+    # what trained every run: FinetuneConfig (the in-process loop), NnunetRecipe (nnU-Net's
+    # trainer, nnunet_backend) or None: the frozen-feature probe (nothing is trained)
+    config: FinetuneConfig | NnunetRecipe | None
     runs: dict[str, list[RunResult]] = field(default_factory=dict)  # init -> one per seed
     device: str = "auto"
 
@@ -91,13 +100,10 @@ class Report:
                 "runs": [r.as_dict() for r in runs]}
 
     def as_dict(self) -> dict[str, Any]:
-        cfg = self.config
-        if cfg is None:
+        if self.config is None:
             recipe = {"probe": "nearest prototype (cosine) on the frozen output embedding"}
         else:
-            recipe = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                      "weight_decay": cfg.weight_decay,
-                      "patch": list(cfg.patch) if cfg.patch else "auto"}
+            recipe = self.config.recipe()
         return {
             "dataset": str(self.dataset.folder), "model": self.model,
             "split": {"source": self.split.source, "train": self.split.train,

@@ -44,7 +44,7 @@ from nnunet_plugin.normalization import InputPath, fit_nnunet_normalization
 from rasd_hub.errors import RasdValueError
 
 __all__ = ["FinetuneConfig", "RunResult", "load_split_cases", "finetune_and_evaluate",
-           "auto_patch_size", "summarise_cases", "fit_input_path", "pad_to_size", "resolve_device"]
+           "auto_patch_size", "summarise_cases", "check_dimensionality", "fit_input_path", "pad_to_size", "resolve_device"]
 
 _PATCH_CAP = {2: 128, 3: 64}
 FOREGROUND_FRACTION = 1 / 3
@@ -66,6 +66,12 @@ class FinetuneConfig:
             raise RasdValueError(f"--steps must be at least 1, got {self.steps}")
         if self.batch_size < 1:
             raise RasdValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+    def recipe(self) -> dict[str, Any]:
+        """What the report records as its ``config``."""
+        return {"backend": "inprocess", "steps": self.steps, "batch_size": self.batch_size,
+                "lr": self.lr, "weight_decay": self.weight_decay,
+                "patch": list(self.patch) if self.patch else "auto"}
 
 
 @dataclass
@@ -91,6 +97,14 @@ class RunResult:
         d["mean_dice"], d["final_loss"] = clean(self.mean_dice), clean(self.final_loss)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunResult":
+        """The inverse of :meth:`as_dict` (undefined values back to NaN; no predictions)."""
+        nan = lambda x: float("nan") if x is None else x  # noqa: E731
+        return cls(**{**d, "per_class": {k: nan(v) for k, v in d["per_class"].items()},
+                      "per_case": {c: {k: nan(v) for k, v in m.items()} for c, m in d["per_case"].items()},
+                      "mean_dice": nan(d["mean_dice"]), "final_loss": nan(d["final_loss"])})
+
 
 def load_split_cases(dataset: RawDataset, split: Split) -> tuple[list[Case], list[Case]]:
     """Training and test cases in memory."""
@@ -103,6 +117,14 @@ def fit_input_path(dataset: RawDataset, train: Sequence[Case],
     nnU-Net's normalisation fitted on the training cases only, then the mapping onto the weights."""
     return fit_nnunet_normalization(dataset.channel_names, [c.image for c in train],
                                     [c.label for c in train]).for_weights(weights_normalization)
+
+
+def check_dimensionality(model_name: str, spatial_dims: int, dataset: RawDataset, data_dims: int) -> None:
+    """Refuse a 2D network on 3D cases and the reverse (the comparison trains one kind)."""
+    if spatial_dims != data_dims:
+        raise InitError(f"--model {model_name!r} is a {spatial_dims}D network but {dataset.folder} "
+                        f"holds {data_dims}D cases; use a {data_dims}D model (e.g. "
+                        f"rasd{data_dims}d_small).")
 
 
 def auto_patch_size(cases: Sequence[Case], divisor: int) -> tuple[int, ...]:
@@ -206,12 +228,8 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
     intensity = fit_input_path(dataset, train, built.normalization)
     normalize = intensity.normalization
     model = intensity.network(built.model).to(device)
-    spatial_dims = int(model.rasd_config["spatial_dims"])
     data_dims = train[0].label.ndim
-    if spatial_dims != data_dims:
-        raise InitError(f"--model {model_name!r} is a {spatial_dims}D network but {dataset.folder} "
-                        f"holds {data_dims}D cases; use a {data_dims}D model (e.g. "
-                        f"rasd{data_dims}d_small).")
+    check_dimensionality(model_name, int(model.rasd_config["spatial_dims"]), dataset, data_dims)
     divisor = int(model.rasd_config["input_divisor"])
     patch = tuple(config.patch) if config.patch else auto_patch_size(train, divisor)
     if len(patch) != data_dims or any(p % divisor for p in patch):

@@ -54,26 +54,22 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
 
 def _write_few_shot_splits(preprocessed: Path, cases: list[str], k: int, folds: Sequence[int],
                            max_val: int) -> None:
-    from rasd_hub._io import write_json_atomic
+    from nnunet_plugin.commands import write_splits_final
 
     splits = []
     for fold in range(max(folds) + 1):
         order = list(np.random.default_rng(fold).permutation(cases))
         splits.append({"train": sorted(order[:k]), "val": sorted(order[k:k + max_val])})
-    write_json_atomic(preprocessed / "splits_final.json", splits)
+    write_splits_final(preprocessed, splits)
 
 
 def _test_dice(raw: Path, predictions: Path, labels: list[int]) -> dict[str, float]:
-    from nnunet_plugin.datasets import dice_per_label
-    import SimpleITK as sitk
+    """Mean test Dice per label over the cases where it is defined (labels absent from both the
+    prediction and the reference are left out)."""
+    from nnunet_plugin.datasets import prediction_dice
 
-    per_label: dict[int, list[float]] = {v: [] for v in labels}
-    for ref_path in sorted((raw / "labelsTs").glob("*.nii.gz")):
-        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_path)))
-        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / ref_path.name)))
-        for v, d in dice_per_label(pred, ref, labels).items():
-            if not np.isnan(d):
-                per_label[v].append(float(d))
+    per_case = prediction_dice(raw / "labelsTs", predictions, labels)
+    per_label = {v: [d[v] for d in per_case.values() if not np.isnan(d[v])] for v in labels}
     return {str(v): float(np.mean(ds)) for v, ds in per_label.items() if ds}
 
 
