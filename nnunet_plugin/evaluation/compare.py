@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import platform
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from nnunet_plugin.evaluation.data import RawDataset, Split
 from nnunet_plugin.evaluation.finetune import (
@@ -34,8 +34,12 @@ from nnunet_plugin.evaluation.inits import SCRATCH
 from nnunet_plugin.evaluation.stats import mean_ci, one_sample_test, paired_test
 from rasd_hub.errors import RasdValueError
 
-if TYPE_CHECKING:
-    from nnunet_plugin.evaluation.nnunet_backend import NnunetRecipe
+
+class Recipe(Protocol):
+    """What trained a comparison's runs: ``FinetuneConfig`` (the in-process loop) or
+    ``nnunet_backend.NnunetRecipe`` (nnU-Net's trainer)."""
+
+    def recipe(self) -> dict[str, Any]: ...
 
 __all__ = ["Report", "run_comparison", "reference_init", "check_inits"]
 
@@ -55,9 +59,8 @@ class Report:
     model: str
     split: Split
     seeds: list[int]
-    # what trained every run: FinetuneConfig (the in-process loop), NnunetRecipe (nnU-Net's
-    # trainer, nnunet_backend) or None: the frozen-feature probe (nothing is trained)
-    config: FinetuneConfig | NnunetRecipe | None
+    # what trained every run, or None: the frozen-feature probe (nothing is trained)
+    config: Recipe | None
     runs: dict[str, list[RunResult]] = field(default_factory=dict)  # init -> one per seed
     device: str = "auto"
 
