@@ -206,13 +206,16 @@ def configure_export(parser):
 
     --format nnssl writes OUT as one nnssl checkpoint (.pth: network_weights +
     nnssl_adaptation_plan) instead, for nnU-Net's own fine-tuning from nnssl checkpoints (3D
-    Residual Encoder U-Nets only).
+    Residual Encoder U-Nets only); its source may also be weights rasd_hub loads (a name, tag or
+    weights folder), e.g. the shipped ones.
 
     Examples:
       rasd hub export runs/r1/checkpoints/step_0001000.pt weights/rasd2d_small
       rasd hub export runs/resenc/checkpoints/step_0000200.pt rasd3d_resenc_small.pth --format nnssl
+      rasd hub export rasd3d_resenc_small rasd3d_resenc_small.pth --format nnssl
     """
-    parser.add_argument("checkpoint", help="training checkpoint (.pt)")
+    parser.add_argument("checkpoint", help="training checkpoint (.pt); with --format nnssl also "
+                        "weights rasd_hub loads (name, tag or folder)")
     parser.add_argument("out_dir", help="output weights directory (with --format nnssl: the .pth file)")
     parser.add_argument("--format", choices=("rasd", "nnssl"), default="rasd",
                         help="rasd_hub weights folder (default) or an nnssl checkpoint")
@@ -228,11 +231,24 @@ def run_export(args) -> int:
     if args.format == "nnssl":
         from rasd_hub.nnssl import write_nnssl_checkpoint
 
-        model, provenance = model_from_checkpoint(args.checkpoint)
+        from pathlib import Path
+
+        from rasd_hub.nnssl import nnunet_finetuning_note
+
+        if Path(args.checkpoint).is_file():
+            model, provenance = model_from_checkpoint(args.checkpoint)
+        else:  # weights rasd_hub loads: sha256-verified, provenance from their config.json
+            import rasd_hub
+
+            model = rasd_hub.load(args.checkpoint)
+            provenance = dict(model.pretrained_cfg.provenance or {})
         out = write_nnssl_checkpoint(model, args.out_dir, provenance=provenance)
         print(f"exported {model.rasd_config['architecture']} to {out} (nnssl checkpoint)")
         print(f"fine-tune in nnU-Net with `nnUNetv2_preprocess_like_nnssl ... -pc {out}`, or import "
               f"it back with `rasd hub convert {out} OUT_DIR`")
+        note = nnunet_finetuning_note(model)
+        if note:
+            print(note)
         return 0
     out = export_checkpoint(args.checkpoint, args.out_dir, license=args.license, base_model=args.base_model)
     cfg = read_config(out)

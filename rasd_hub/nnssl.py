@@ -18,10 +18,11 @@ from typing import Any, Mapping
 
 from rasd_hub._io import atomic_path, sha256_file
 from rasd_hub._manipulate import set_normalization
+from rasd_hub._pretrained import PAPER
 from rasd_hub.errors import WeightsFormatError
 
 __all__ = ["write_nnssl_checkpoint", "read_nnssl_checkpoint", "convert_nnssl", "is_nnssl_checkpoint",
-           "adaptation_plan"]
+           "adaptation_plan", "nnunet_finetuning_note", "CITATION"]
 
 ARCH_CLASS_NAME = "ResidualEncoderUNet"
 _ENCODER, _STEM = "encoder.stages", "encoder.stem"
@@ -35,6 +36,23 @@ _FIXED = {
 #: our normalisation methods as nnU-Net's schemes (per-image min-max into [0, 1]; z-score)
 _NNUNET_SCHEME = {"minmax": "RescaleTo01Normalization", "zscore": "ZScoreNormalization"}
 _OPS = {"conv_op": "Conv3d", "norm_op": "InstanceNorm3d", "nonlin": "LeakyReLU"}
+CITATION = {"type": "pre-training", "name": "RaSD, purely synthetic pre-training (rasd-hub)",
+            "apa_citations": [PAPER]}
+
+
+def nnunet_finetuning_note(model) -> str | None:
+    """What a user of nnU-Net's own nnssl fine-tuning should know about these weights' inputs, or
+    None when nothing. nnU-Net's ``nnUNetv2_preprocess_like_nnssl`` (nnU-Net master, checked at
+    commit 0e49508) z-scores every channel whatever the plan's ``normalization_schemes`` say."""
+    norm = model.rasd_config.get("normalization") or {}
+    if norm.get("method", "minmax") == "zscore":
+        return None
+    moments = f" (mean {norm['mean']:g}, std {norm['std']:g})" if "mean" in norm and "std" in norm else ""
+    return (f"note: these weights were pre-trained on min-max [0, 1] inputs{moments}, which the "
+            "checkpoint's plan states, but nnU-Net's nnUNetv2_preprocess_like_nnssl z-scores every "
+            "channel regardless, so that path fine-tunes on other intensities than pre-training "
+            "saw. `rasd nnunet plan --weights W` (RaSD plans) maps nnU-Net's intensities onto the "
+            "weights' moments instead.")
 
 
 def adaptation_plan(model, *, patch_size, spacing=(1.0, 1.0, 1.0)) -> dict[str, Any]:
@@ -117,7 +135,8 @@ def write_nnssl_checkpoint(model, path: str | os.PathLike, *, provenance: Mappin
         "rasd": {"architecture": cfg["architecture"], "model_args": cfg["model_args"],
                  "normalization": cfg.get("normalization"),
                  "pretrained": cfg.get("pretrained"), "provenance": dict(provenance or {})},
-        "citations": ["RaSD: Randomized Synthesis and Disentanglement (github.com/yweibs/RaSD)"],
+        # nnU-Net's PretrainedTrainer prints entries of this shape (type, name, apa_citations)
+        "citations": [CITATION],
     }
     path = Path(path)
     with atomic_path(path) as tmp:

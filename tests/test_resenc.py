@@ -215,3 +215,20 @@ def test_cli_export_nnssl_and_convert_back(tmp_path):
     assert plan["recommended_downstream_patchsize"] == [32, 32, 32]  # the preset's synthetic size
     assert "converted nnssl checkpoint" in rasd("hub", "convert", str(tmp_path / "r.pth"), str(tmp_path / "w"))
     assert rasd_hub.load(tmp_path / "w").rasd_config["architecture"] == "rasd3d_resencl"
+
+
+def test_cli_exports_shipped_weights_to_nnssl_with_nnunets_citation_shape(tmp_path, capsys):
+    """`rasd hub export NAME OUT.pth --format nnssl` takes weights rasd_hub loads (here the shipped
+    3D ResEnc); citations have the fields nnU-Net's PretrainedTrainer prints, and the user is told
+    that nnU-Net's nnssl path z-scores inputs these min-max weights were not pre-trained on."""
+    from rasd_hub.cli import main
+
+    assert main(["hub", "export", "rasd3d_resenc_small", str(tmp_path / "s.pth"), "--format", "nnssl"]) == 0
+    said = capsys.readouterr().out
+    assert "z-scores every channel" in said and "mean 0.4106" in said
+    ckpt = torch.load(tmp_path / "s.pth", weights_only=True)
+    (citation,) = ckpt["citations"]
+    assert {"type", "name", "apa_citations"} <= set(citation) and citation["apa_citations"][0].startswith("RaSD")
+    assert ckpt["nnssl_adaptation_plan"]["recommended_downstream_patchsize"] == [32, 32, 32]
+    shipped = rasd_hub.load("rasd3d_resenc_small").state_dict()
+    assert all(torch.equal(ckpt["network_weights"][k], v) for k, v in shipped.items())
