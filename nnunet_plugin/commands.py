@@ -75,6 +75,27 @@ def rasd_plan(dataset_id: int, env: dict, weights, *extra: str) -> subprocess.Co
                        *extra], env)
 
 
+def train_fold(dataset_id: int, configuration: str, fold: int, plans: str, trainer: str, env: dict,
+               device: str = "cpu", timeout: float = 3600, log: Path | None = None) -> float:
+    """``nnUNetv2_train`` of one fold; returns its wall time in seconds."""
+    import time
+
+    started = time.perf_counter()
+    run_nnunet(["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-p", plans, "-tr", trainer,
+                "-device", device], env, timeout=timeout, log=log)
+    return time.perf_counter() - started
+
+
+def predict_fold(dataset_id: int, configuration: str, fold: int, plans: str, trainer: str, images, out,
+                 env: dict, device: str = "cpu", timeout: float = 3600,
+                 log: Path | None = None) -> subprocess.CompletedProcess:
+    """``nnUNetv2_predict`` of ``images`` into ``out`` with one trained fold (one worker each way:
+    small CPU machines)."""
+    return run_nnunet(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id),
+                       "-c", configuration, "-f", str(fold), "-p", plans, "-tr", trainer, "-device", device,
+                       "-npp", "1", "-nps", "1", "--disable_progress_bar"], env, timeout=timeout, log=log)
+
+
 def write_splits_final(preprocessed_folder, splits: list[dict]) -> Path:
     """Write nnU-Net's ``splits_final.json`` (one ``{"train": [...], "val": [...]}`` per fold)
     into a dataset's preprocessed folder, atomically; nnU-Net uses it instead of its own 5-fold

@@ -17,7 +17,6 @@ MONAI-based ``RaSDTrainerSmall`` on its RaSD plans. All run the same short budge
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -107,7 +106,9 @@ def run_arms(work: Path, *, arms: Sequence[str], folds: Sequence[int], regimes: 
     the report (also written to ``work/report.json`` after each run, so an interrupted study keeps
     what it measured)."""
     from rasd_hub._io import write_json_atomic
-    from nnunet_plugin.commands import nnunet_environment, plan_and_preprocess, rasd_plan, run_nnunet
+    from nnunet_plugin.commands import (
+        nnunet_environment, plan_and_preprocess, predict_fold, rasd_plan, train_fold,
+    )
 
     task = TASKS[dimensionality]
     cfg = task.configuration
@@ -137,14 +138,9 @@ def run_arms(work: Path, *, arms: Sequence[str], folds: Sequence[int], regimes: 
                 if (dimensionality, regime, arm_name, fold) in done:
                     continue
                 arm = ARMS[arm_name]
-                started = time.time()
-                run_nnunet(["nnUNetv2_train", str(did), cfg, str(fold), "-p", arm.plans, "-tr", arm.trainer,
-                            "-device", "cpu"], env, timeout=3600)
-                trained = time.time() - started
+                trained = train_fold(did, cfg, fold, arm.plans, arm.trainer, env)
                 out = work / "predictions" / dimensionality / regime / arm_name / str(fold)
-                run_nnunet(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(did),
-                            "-c", cfg, "-f", str(fold), "-p", arm.plans, "-tr", arm.trainer, "-device", "cpu",
-                            "-npp", "1", "-nps", "1", "--disable_progress_bar"], env, timeout=3600)
+                predict_fold(did, cfg, fold, arm.plans, arm.trainer, raw / "imagesTs", out, env)
                 fold_dir = (Path(env["nnUNet_results"]) / name / f"{arm.trainer}__{arm.plans}__{cfg}"
                             / f"fold_{fold}")
                 summary = json.loads((fold_dir / "validation" / "summary.json").read_text())

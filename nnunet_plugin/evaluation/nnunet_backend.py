@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -196,7 +195,7 @@ def run_comparison_nnunet(dataset: RawDataset, split: Split, model: str, inits: 
     collect Dice per class; see the module docstring. ``RunResult.seconds`` is the wall time of
     ``nnUNetv2_train`` (start-up and nnU-Net's final validation included)."""
     from nnunet_plugin.commands import (
-        nnunet_environment, plan_and_preprocess, rasd_plan, run_nnunet, write_splits_final,
+        nnunet_environment, plan_and_preprocess, predict_fold, rasd_plan, train_fold, write_splits_final,
     )
     from nnunet_plugin.datasets import prediction_dice
     from nnunet_plugin.pretrained import ENV_VAR as WEIGHTS_VAR
@@ -243,6 +242,8 @@ def run_comparison_nnunet(dataset: RawDataset, split: Split, model: str, inits: 
     for init in inits:
         report.runs[init] = []
         tr, plans = recipe.trainer_for(init), recipe.plans[init]
+        plans_json = _plans(preprocessed, plans)
+        mapping = plans_json["configurations"][configuration]["rasd"]["input_mapping"]
         for seed in seeds:
             record = work / "runs" / f"{tr}__{plans}" / f"seed_{seed}.json"
             predictions = work / "predictions" / f"{tr}__{plans}" / f"seed_{seed}"
@@ -254,20 +255,14 @@ def run_comparison_nnunet(dataset: RawDataset, split: Split, model: str, inits: 
                 continue
             logs = work / "logs"
             logs.mkdir(parents=True, exist_ok=True)
-            started = time.perf_counter()
-            run_nnunet(["nnUNetv2_train", str(DATASET_ID), configuration, str(seed), "-p", plans, "-tr", tr,
-                        "-device", device], dict(env, **{SEED_VAR: str(seed)}), timeout=RUN_TIMEOUT_S,
-                       log=logs / f"{tr}__{plans}__seed_{seed}.train.txt")
-            seconds = round(time.perf_counter() - started, 2)
-            run_nnunet(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(predictions),
-                        "-d", str(DATASET_ID), "-c", configuration, "-f", str(seed), "-p", plans, "-tr", tr,
-                        "-device", device, "-npp", "1", "-nps", "1", "--disable_progress_bar"], env,
-                       timeout=RUN_TIMEOUT_S, log=logs / f"{tr}__{plans}__seed_{seed}.predict.txt")
+            seeded = dict(env, **{SEED_VAR: str(seed)})
+            seconds = round(train_fold(DATASET_ID, configuration, seed, plans, tr, seeded, device,
+                                       RUN_TIMEOUT_S, logs / f"{tr}__{plans}__seed_{seed}.train.txt"), 2)
+            predict_fold(DATASET_ID, configuration, seed, plans, tr, raw / "imagesTs", predictions, env, device,
+                         RUN_TIMEOUT_S, logs / f"{tr}__{plans}__seed_{seed}.predict.txt")
             dice = prediction_dice(raw / "labelsTs", predictions, labels, dataset.file_ending)
             per_case = {case: {labels[v]: d for v, d in values.items()} for case, values in dice.items()}
             per_class, mean_dice = summarise_cases(per_case, list(labels.values()))
-            plans_json = _plans(preprocessed, plans)
-            mapping = plans_json["configurations"][configuration]["rasd"]["input_mapping"]
             result = RunResult(init=init, seed=seed, per_class=per_class, mean_dice=mean_dice,
                                per_case=per_case, seconds=seconds, source=_source(plans_json, init),
                                intensity=f"nnU-Net (plans {plans}): " + "; ".join(mapping))
