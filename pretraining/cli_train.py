@@ -59,6 +59,15 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
                    help="recompute activations in backward (less memory, slower)")
     p.add_argument("--size", type=int, help="edge length of the synthetic images (default: preset)")
     p.add_argument("--num-classes", type=int, help="classes per label map (default: preset)")
+    p.add_argument("--synthesis", metavar="{official,paper}",
+                   help="synthesis preset: official (the released code) or paper (the paper's "
+                   "text); default: the preset's")
+    p.add_argument("--model-kwargs", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="architecture arguments on top of the preset's, e.g. upsample=linear "
+                   "(values read as JSON, else as text; `rasd hub info MODEL` lists them)")
+    p.add_argument("--pdl-normalize", action="store_true",
+                   help="L2-normalise embeddings and prototypes in the PDL loss (the released code "
+                   "does not)")
     p.add_argument("--warmup-steps", type=int, help="linear lr warm-up steps")
     p.add_argument("--schedule", choices=["constant", "cosine"], help="lr schedule after warm-up")
     p.add_argument("--grad-clip", type=float, help="max gradient norm (default: preset)")
@@ -84,6 +93,12 @@ def config_from_args(args: argparse.Namespace):
     offline = None
     if args.offline is not None:
         offline = args.offline or f"{out}/offline_pool"
+    from pretraining.pdl import PDLConfig
+    from pretraining.presets import get_preset
+
+    model_kwargs = None
+    if args.model_kwargs:
+        model_kwargs = {**get_preset(args.preset).model_kwargs, **_key_values(args.model_kwargs)}
     return TrainConfig.from_preset(
         args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         out_dir=out, resume=args.resume, checkpoint_every=args.checkpoint_every,
@@ -92,8 +107,25 @@ def config_from_args(args: argparse.Namespace):
         grad_checkpointing=args.grad_checkpointing, size=args.size,
         num_classes=args.num_classes, warmup_steps=args.warmup_steps, schedule=args.schedule,
         grad_clip=args.grad_clip, offline_pool=offline, offline_pool_batches=args.offline_batches,
-        preview=not args.no_preview, export=not args.no_export,
+        preview=not args.no_preview, export=not args.no_export, synthesis=args.synthesis,
+        pdl=PDLConfig(normalize=True) if args.pdl_normalize else None, model_kwargs=model_kwargs,
     )
+
+
+def _key_values(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings as a dict; a value is JSON when it parses (2, true, [2, 2]), else text."""
+    from rasd_hub.errors import RasdValueError
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise RasdValueError(f"--model-kwargs {item!r}: expected KEY=VALUE, e.g. upsample=linear")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

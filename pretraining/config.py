@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pretraining.errors import BatchSizeError
 from pretraining.pdl import PDLConfig
 from pretraining.presets import get_preset
+from pretraining.synthesis.config import PRESETS as SYNTHESIS_PRESETS
 from rasd_hub.errors import RasdValueError
 
 __all__ = ["TrainConfig", "PRECISIONS", "SCHEDULES", "IDENTITY_KEYS"]
 
 PRECISIONS = ("auto", "bf16", "fp32")
 #: what a checkpoint must match to be resumed (see TrainConfig.identity)
-IDENTITY_KEYS = ("preset", "architecture", "model_kwargs", "spatial_dims", "size", "num_classes")
+IDENTITY_KEYS = ("preset", "architecture", "model_kwargs", "spatial_dims", "size", "num_classes",
+                 "synthesis", "pdl")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -102,6 +104,8 @@ class TrainConfig:
             bad(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.num_classes < 2:
             bad(f"need at least 2 classes, got {self.num_classes}")
+        if self.synthesis not in SYNTHESIS_PRESETS:
+            bad(f"--synthesis must be one of {', '.join(SYNTHESIS_PRESETS)}, got {self.synthesis!r}")
 
     def batch_per_rank(self, world_size: int) -> int:
         """The batch each rank synthesises and trains on; checks that the global batch divides."""
@@ -128,5 +132,6 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed by this run: same preset, same model,
-        same data geometry. Run length, lr and bookkeeping may change between launches."""
-        return {k: getattr(self, k) for k in IDENTITY_KEYS}
+        same data and loss. Run length, lr and bookkeeping may change between launches."""
+        return {k: asdict(v) if is_dataclass(v) else v
+                for k, v in ((k, getattr(self, k)) for k in IDENTITY_KEYS)}

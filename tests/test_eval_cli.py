@@ -126,6 +126,21 @@ def test_table_summarises_saved_reports(capsys, synthetic, weights_dir, tmp_path
     assert cells[0] == synthetic.name and cells[1] == "2 steps" and cells[2] == "4 / 2"
     assert cells[3].startswith(f"scratch: {scratch:.3f} [")
     assert cells[5] == f"{pair['mean_difference']:+.3f}"
+    # the validation split and the recipe options that differ from the default show in the table
+    study = tmp_path / "study.json"
+    report = _run_json(capsys, ["eval", "compare", "--data", str(synthetic), "--model", "rasd2d_small",
+                                "--init", "scratch", "--init", str(weights_dir), "--seeds", "1",
+                                *STEPS, "--evaluate-on", "validation", "--warmup-steps", "1",
+                                "--encoder-lr-scale", "0.5", "--out", str(study)])
+    assert report["split"]["evaluated_on"] == "validation" and report["config"]["warmup_steps"] == 1
+    assert report["split"]["test"] == ["syn_002"]  # carved from the 4 training cases, not the test cases
+    assert main(["eval", "table", str(study)]) == 0
+    cells = [c.strip() for c in capsys.readouterr().out.splitlines()[2].strip("|").split("|")]
+    assert cells[1] == "2 steps warmup_steps=1 encoder_lr_scale=0.5" and cells[2] == "3 / 1 (validation)"
+    err = _error(capsys, ["eval", "compare", "--data", str(synthetic), "--model", "rasd2d_small",
+                          "--init", "scratch", "--backend", "nnunet", "--work", str(tmp_path / "w"),
+                          "--freeze-encoder-steps", "3"])
+    assert "--freeze-encoder-steps" in err and "only --backend inprocess" in err
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     assert main(["eval", "table", str(bad)]) == 2

@@ -75,3 +75,44 @@ def test_missing_dataset_json_says_what_to_do(synthetic, tmp_path):
     (folder / "imagesTr" / "syn_001_0000.nii.gz").unlink()
     with pytest.raises(DatasetLayoutError, match="syn_001"):
         open_dataset(folder)
+
+
+def test_validation_split_is_carved_from_training_cases_and_written_into_split_json(synthetic, tmp_path):
+    folder = shutil.copytree(synthetic, tmp_path / synthetic.name)
+    spec = write_split(folder)
+    validation = spec["validation"]
+    # training cases in no few-shot subset, so the few-shot runs of the study and of the final
+    # table train on the same cases
+    assert validation and set(validation) <= set(spec["train"])
+    assert not set(validation) & set(spec["few_shot"]["3"])
+    dataset = open_dataset(folder)
+    for cases in (None, 1, 3):
+        on_test = resolve_split(dataset, cases)
+        on_validation = resolve_split(dataset, cases, "validation")
+        assert on_test.evaluated_on == "test" and on_validation.evaluated_on == "validation"
+        assert on_validation.test == validation and not set(on_validation.train) & set(validation)
+        if cases is not None:
+            assert on_validation.train == on_test.train  # the same few-shot subsets
+    assert resolve_split(dataset, None, "validation").train == \
+        [c for c in spec["train"] if c not in validation]
+
+
+def test_validation_split_without_split_json_and_bad_validation_lists(synthetic, tmp_path):
+    folder = shutil.copytree(synthetic, tmp_path / synthetic.name)
+    split = resolve_split(open_dataset(folder), None, "validation")  # carved by the fixed rule
+    assert split.test == ["syn_002"] and "syn_002" not in split.train and "carved" in split.source
+    with pytest.raises(SplitError, match="evaluate on 'train'"):
+        resolve_split(open_dataset(folder), None, "train")
+    base = {"train": ["syn_000", "syn_001", "syn_002"], "test": ["syn_006"], "few_shot": {"1": ["syn_000"]}}
+    for validation, message in ((["syn_006"], "must be training cases"),
+                                (["syn_000"], "also in a few-shot subset"),
+                                (["syn_000", "syn_001", "syn_002"], "also in a few-shot subset")):
+        (folder / "split.json").write_text(json.dumps({**base, "validation": validation}))
+        with pytest.raises(SplitError, match=message):
+            resolve_split(open_dataset(folder), None, "validation")
+    (folder / "split.json").write_text(json.dumps({**base, "few_shot": {}, "validation": base["train"]}))
+    with pytest.raises(SplitError, match="nothing is left to train on"):
+        resolve_split(open_dataset(folder), None, "validation")
+    (folder / "split.json").write_text(json.dumps({**base, "few_shot": {"3": base["train"]}}))
+    with pytest.raises(SplitError, match="no training case is left for validation"):
+        resolve_split(open_dataset(folder), None, "validation")

@@ -232,6 +232,29 @@ def test_save_and_load_round_trip(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
+@pytest.mark.parametrize("name", ["rasd2d_small", "rasd3d_small"])
+def test_interpolating_decoder_has_no_transposed_convolutions(name, tmp_path):
+    from torch import nn
+
+    released = rasd_hub.create_model(name)
+    assert "upsample" not in released.rasd_config["model_args"]  # the released layout's config
+    model = rasd_hub.create_model(name, upsample="linear")
+    transposed = (nn.ConvTranspose2d, nn.ConvTranspose3d)
+    assert any(isinstance(m, transposed) for m in released.modules())
+    assert not any(isinstance(m, transposed) for m in model.modules())
+    x = torch.rand(1, 1, *([32] * model.spatial_dims))
+    assert model(x).shape == released(x).shape
+    model.reset_classifier(3)
+    assert model(x).shape[1] == 3
+    out = rasd_hub.save_pretrained(model, tmp_path / "w")
+    loaded = rasd_hub.load(out).eval()
+    assert loaded.rasd_config["model_args"]["upsample"] == "linear"
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+    with pytest.raises(RasdError, match="upsample"):
+        rasd_hub.create_model(name, upsample="cubic")
+
+
 def test_model_card_front_matter_and_body(tmp_path):
     from huggingface_hub import ModelCard
 

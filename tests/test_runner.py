@@ -11,6 +11,7 @@ from torch import nn
 
 from pretraining.checkpoint import CheckpointUnreadableError, list_checkpoints, load_checkpoint
 from pretraining.config import TrainConfig
+from pretraining.pdl import PDLConfig
 from pretraining.errors import (
     BatchSizeError,
     NonFiniteLossError,
@@ -314,6 +315,11 @@ def test_resume_refuses_another_presets_checkpoint(tmp_path):
         run(make_config(tmp_path, preset="rasd3d_small", resume=True))
     with pytest.raises(ResumeMismatchError, match="num_classes"):
         run(make_config(tmp_path, num_classes=3, resume=True))
+    # another synthesis or PDL loss is another run too
+    with pytest.raises(ResumeMismatchError, match="synthesis"):
+        run(make_config(tmp_path, synthesis="paper", resume=True))
+    with pytest.raises(ResumeMismatchError, match="pdl"):
+        run(make_config(tmp_path, pdl=PDLConfig(normalize=True), resume=True))
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path):

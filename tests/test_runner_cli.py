@@ -40,6 +40,22 @@ def test_arguments_override_the_preset(tmp_path):
     assert config.offline_pool == f"{tmp_path}/offline_pool"
     default = config_from_args(parse("--preset", "rasd3d_swinb"))
     assert default.out_dir == "runs/rasd3d_swinb" and default.offline_pool is None
+    assert default.synthesis == "official" and not default.pdl.normalize
+    variant = config_from_args(parse("--preset", "rasd2d_small", "--synthesis", "paper", "--pdl-normalize"))
+    assert variant.synthesis == "paper" and variant.pdl.normalize
+    kwargs = config_from_args(parse("--preset", "rasd2d_small", "--model-kwargs", "upsample=linear",
+                                    "num_res_units=1"))
+    assert kwargs.model_kwargs == {"upsample": "linear", "num_res_units": 1}
+
+
+def test_bad_model_kwargs_are_clear_errors(capsys):
+    assert main(["pretrain", "--preset", "rasd2d_small", "--model-kwargs", "upsample"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_unknown_synthesis_preset_is_a_clear_error(capsys):
+    assert main(["pretrain", "--preset", "rasd2d_small", "--synthesis", "papr"]) == 2
+    assert "--synthesis must be one of official, paper, got 'papr'" in capsys.readouterr().err
 
 
 def test_unknown_preset_is_a_clear_error(capsys):

@@ -2,8 +2,10 @@
 
 Builds with :mod:`nnunet_plugin.datasets`' builders (fetch from the package index, cache, convert)
 and adds ``split.json``: ``train`` = the builder's ``imagesTr`` cases, ``test`` = its labelled
-``imagesTs`` cases, and ``few_shot`` = nested subsets of 1 and 3 training cases (prefixes of one
-fixed shuffle, numpy seed 0), so ``--train-cases 1|3`` picks the same cases on every machine.
+``imagesTs`` cases, ``few_shot`` = nested subsets of 1 and 3 training cases (prefixes of one
+fixed shuffle, numpy seed 0), so ``--train-cases 1|3`` picks the same cases on every machine, and
+``validation`` = training cases in no few-shot subset, for ``--evaluate-on validation``
+(:func:`~nnunet_plugin.evaluation.data.carve_validation`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from nnunet_plugin.evaluation.data import FEW_SHOT_SEED, SPLIT_FILE, open_dataset
+from nnunet_plugin.evaluation.data import FEW_SHOT_SEED, SPLIT_FILE, carve_validation, open_dataset
 
 __all__ = ["BENCHMARKS", "FEW_SHOT", "build_benchmarks", "write_split"]
 
@@ -45,9 +47,12 @@ def write_split(folder: str | Path, few_shot: tuple[int, ...] = FEW_SHOT) -> dic
     test = sorted(c for c, (s, _) in dataset.cases.items() if s == "Ts")
     order = np.random.default_rng(FEW_SHOT_SEED).permutation(len(train))
     shuffled = [train[i] for i in order]
-    spec = {"train": train, "test": test,
-            "few_shot": {str(k): shuffled[:k] for k in few_shot if k < len(train)},
-            "note": "fixed split: test = imagesTs; few_shot = prefixes of a fixed shuffle (seed 0)"}
+    subsets = {str(k): shuffled[:k] for k in few_shot if k < len(train)}
+    spec = {"train": train, "test": test, "few_shot": subsets,
+            "validation": carve_validation(train, subsets),
+            "note": "fixed split: test = imagesTs; few_shot = prefixes of a fixed shuffle (seed 0); "
+                    "validation = every 5th sorted training case in no few_shot subset (choose "
+                    "recipes there; train on the rest)"}
     (folder / SPLIT_FILE).write_text(json.dumps(spec, indent=2))
     return spec
 

@@ -12,6 +12,9 @@ import math
 import sys
 from pathlib import Path
 
+from nnunet_plugin.evaluation.data import EVALUATE_ON
+from nnunet_plugin.evaluation.finetune import NEW_HEADS
+
 __all__ = ["configure_finetune", "configure_compare", "configure_probe", "configure_datasets",
            "configure_table", "configure_classify", "markdown_rows"]
 
@@ -19,7 +22,12 @@ PICTURE_CASES = 3  # test cases drawn by --pictures / --pca-out
 BACKENDS = ("inprocess", "nnunet")
 #: options only the in-process loop honours (dest, flag); --backend nnunet refuses them
 INPROCESS_ONLY = (("steps", "--steps"), ("batch_size", "--batch-size"), ("lr", "--lr"),
-                  ("patch", "--patch"), ("pictures", "--pictures"))
+                  ("patch", "--patch"), ("pictures", "--pictures"),
+                  ("warmup_steps", "--warmup-steps"), ("freeze_encoder_steps", "--freeze-encoder-steps"),
+                  ("encoder_lr_scale", "--encoder-lr-scale"), ("new_head", "--new-head"))
+#: FinetuneConfig fields set from same-named options when given (None: the config's default)
+RECIPE_OPTIONS = ("steps", "batch_size", "lr", "warmup_steps", "freeze_encoder_steps",
+                  "encoder_lr_scale", "new_head")
 #: options only --backend nnunet honours; the in-process loop refuses them
 NNUNET_ONLY = (("work", "--work"), ("nnunet_trainer", "--nnunet-trainer"))
 
@@ -45,12 +53,27 @@ def _add_common(parser: argparse.ArgumentParser, *, train: bool) -> None:
     parser.add_argument("--train-cases", type=_train_cases, default=None, metavar="N|all",
                         help="use N training cases (few-shot; split.json's few_shot[N] if stated, "
                         "else a fixed subset); default all")
+    parser.add_argument("--evaluate-on", choices=EVALUATE_ON, default="test",
+                        help="test: score the held-out test cases (default; for the final table); "
+                        "validation: score validation cases carved from the training cases "
+                        "(split.json's validation, else every 5th training case in no few-shot "
+                        "subset) and train without them: choose recipes here")
     if train:
         # defaults None (FinetuneConfig's values fill them): --backend nnunet must see which
         # of the in-process loop's options were given
         parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default 200)")
         parser.add_argument("--batch-size", type=int, default=None, help="patches per step (default 4)")
         parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
+        parser.add_argument("--warmup-steps", type=int, default=None,
+                            help="linear learning-rate warm-up steps before the poly decay (default 0)")
+        parser.add_argument("--freeze-encoder-steps", type=int, default=None,
+                            help="keep the encoder frozen for the first N steps (default 0)")
+        parser.add_argument("--encoder-lr-scale", type=float, default=None,
+                            help="the encoder's learning rate = --lr times this (default 1)")
+        parser.add_argument("--new-head", choices=NEW_HEADS, default=None,
+                            help="top-block: re-initialise the network's output block with one "
+                            "output per class (default); 1x1: keep every pre-trained layer and add "
+                            "a 1x1 convolution to the classes (scratch gets the same network)")
         parser.add_argument("--patch", type=int, nargs="+", default=None,
                             help="patch size (default: image size rounded to the input divisor, "
                             "at most 128 in 2D / 64 in 3D)")
@@ -186,14 +209,14 @@ def _setup(args):
 
     _check_outputs(args)
     dataset = open_dataset(args.data)
-    split = resolve_split(dataset, args.train_cases)
+    split = resolve_split(dataset, args.train_cases, args.evaluate_on)
     return dataset, split
 
 
 def _config(args):
     from nnunet_plugin.evaluation.finetune import FinetuneConfig
 
-    given = {k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None}
     return FinetuneConfig(**given, patch=tuple(args.patch) if args.patch else None, device=args.device)
 
 
@@ -251,7 +274,8 @@ def format_table(report: dict) -> str:
         f"{c[:12]:>12}" for c in classes) + f"  {'p vs ' + (report['pairs'][0]['reference'] if report['pairs'] else 'ref'):>14}"
     lines = [f"dataset {report['dataset']}  model {report['model']}  seeds {report['seeds']}  "
              f"config {report['config']}  device {report['device']}",
-             f"split: {len(report['split']['train'])} train / {len(report['split']['test'])} test "
+             f"split: {len(report['split']['train'])} train / {len(report['split']['test'])} "
+             f"{report['split'].get('evaluated_on', 'test')} "
              f"({report['split']['source']})", head, "-" * len(head)]
     for init, s in report["inits"].items():
         lo, hi = s["ci95"]
@@ -387,7 +411,15 @@ def _budget(config: dict) -> str:
         return "probe"
     if config.get("backend") == "nnunet":
         return f"nnU-Net {config['trainer']}"
-    return f"{config['steps']} steps"
+    from dataclasses import fields
+
+    from nnunet_plugin.evaluation.finetune import FinetuneConfig
+
+    # the recipe options that differ from the default recipe (older reports lack the newer ones)
+    changed = [f"{f.name}={config[f.name]}" for f in fields(FinetuneConfig)
+               if f.name in RECIPE_OPTIONS and f.name not in ("steps", "batch_size")
+               and f.name in config and config[f.name] != f.default]
+    return " ".join([f"{config['steps']} steps", *changed])
 
 
 def markdown_rows(report: dict) -> list[str]:
@@ -403,8 +435,9 @@ def markdown_rows(report: dict) -> list[str]:
             _f3(ref["per_class"][c]["mean"])
             + ("" if other is None else " → " + _f3(other["per_class"][c]["mean"]))
             for c in report["classes"])
+        scored = "" if split.get("evaluated_on", "test") == "test" else " (validation)"
         cells = [Path(report["dataset"]).name, kind,
-                 f"{len(split['train'])} / {len(split['test'])}",
+                 f"{len(split['train'])} / {len(split['test'])}{scored}",
                  f"{pair['reference']}: {_mean_ci(ref)}",
                  "" if other is None else f"{pair['init']}: {_mean_ci(other)}",
                  "" if other is None or pair["mean_difference"] is None
@@ -437,7 +470,8 @@ def run_datasets(args) -> int:
     folders = build_benchmarks(args.out, args.only)
     for name, folder in folders.items():
         spec = json.loads((folder / "split.json").read_text())
-        print(f"{name:<14} {folder}  train {len(spec['train'])}  test {len(spec['test'])}  "
+        print(f"{name:<14} {folder}  train {len(spec['train'])} (validation "
+              f"{len(spec['validation'])})  test {len(spec['test'])}  "
               f"few-shot {sorted(int(k) for k in spec['few_shot'])}")
     return 0
 

@@ -110,7 +110,7 @@ class Report:
         return {
             "dataset": str(self.dataset.folder), "model": self.model,
             "split": {"source": self.split.source, "train": self.split.train,
-                      "test": self.split.test},
+                      "test": self.split.test, "evaluated_on": self.split.evaluated_on},
             "seeds": self.seeds, "classes": self.class_names,
             "config": recipe,
             "device": _device_label(self.device),

@@ -9,7 +9,8 @@ PNG.
 Which cases are training and test cases (:func:`resolve_split`), in order of precedence:
 
 1. ``split.json`` in the dataset folder: ``{"train": [...], "test": [...]}`` and optionally
-   ``"few_shot": {"1": [...], "3": [...]}``; ids may live in ``*Tr`` or ``*Ts``;
+   ``"few_shot": {"1": [...], "3": [...]}`` and ``"validation": [...]``; ids may live in ``*Tr``
+   or ``*Ts``;
 2. the dataset's own split: every labelled case in ``labelsTs`` is a test case, ``*Tr`` trains;
 3. otherwise a fixed deterministic split of the ``*Tr`` cases: sorted ids, every 5th one
    (starting with the 3rd) is a test case, interleaved so that slices of one volume cover both.
@@ -17,6 +18,12 @@ Which cases are training and test cases (:func:`resolve_split`), in order of pre
 Few-shot subsets (``--train-cases N``) are ``few_shot[N]`` when split.json states it, else the
 first N of the training cases in a fixed shuffled order (numpy seed 0, independent of the
 training seeds), so 1 is inside 3 is inside all, and every init and seed sees the same cases.
+
+The validation split (``evaluate_on="validation"``, for choosing recipes without touching the
+test cases) scores on validation cases carved out of the training cases: split.json's
+``validation`` when stated, else :func:`carve_validation` (every 5th of the sorted training cases
+that no few-shot subset uses). Training then uses the few-shot subset as before (it never holds a
+validation case) or, for all cases, the training cases minus the validation cases.
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ import numpy as np
 from nnunet_plugin.datasets import interleaved_split
 from nnunet_plugin.evaluation.errors import DatasetLayoutError, SplitError
 
-__all__ = ["RawDataset", "Split", "Case", "open_dataset", "resolve_split", "load_case"]
+__all__ = ["RawDataset", "Split", "Case", "open_dataset", "resolve_split", "load_case",
+           "carve_validation", "EVALUATE_ON"]
 
 SPLIT_FILE = "split.json"
 #: one test case in every TEST_EVERY sorted training cases when nothing states a split
 TEST_EVERY = 5
 FEW_SHOT_SEED = 0
+#: what a comparison scores on: the held-out test cases, or validation cases carved from training
+EVALUATE_ON = ("test", "validation")
 
 
 @dataclass
@@ -70,8 +80,9 @@ class RawDataset:
 @dataclass
 class Split:
     train: list[str]
-    test: list[str]
+    test: list[str]  # the cases scored: test cases, or validation cases (``evaluated_on``)
     source: str  # where the split came from, reported with every result
+    evaluated_on: str = "test"
 
 
 @dataclass
@@ -129,20 +140,37 @@ def _fixed_split(ids: Sequence[str]) -> tuple[list[str], list[str]]:
     return interleaved_split(sorted(ids), TEST_EVERY)
 
 
-def resolve_split(dataset: RawDataset, train_cases: int | None = None) -> Split:
+def carve_validation(train: Sequence[str], few_shot: dict[str, list[str]]) -> list[str]:
+    """Validation cases out of ``train``: every 5th (the middle one) of the sorted training cases
+    that are in no few-shot subset, at least one; empty when no such case exists."""
+    used = set(sum(few_shot.values(), []))
+    pool = sorted(c for c in train if c not in used)
+    _, validation = _fixed_split(pool)
+    return validation or pool[len(pool) // 2: len(pool) // 2 + 1]
+
+
+def resolve_split(dataset: RawDataset, train_cases: int | None = None,
+                  evaluate_on: str = "test") -> Split:
     """The dataset's train/test split (see the module docstring), with ``train_cases`` training
-    cases when given (``None`` = all)."""
+    cases when given (``None`` = all); ``evaluate_on="validation"`` scores validation cases
+    carved from the training cases instead of the test cases."""
+    if evaluate_on not in EVALUATE_ON:
+        raise SplitError(f"evaluate on {evaluate_on!r}? choose one of {', '.join(EVALUATE_ON)}")
     split_path = dataset.folder / SPLIT_FILE
     few_shot: dict[str, list[str]] = {}
+    validation: list[str] | None = None
     if split_path.is_file():
         try:
             spec = json.loads(split_path.read_text())
             train, test = [str(c) for c in spec["train"]], [str(c) for c in spec["test"]]
             few_shot = {str(k): [str(c) for c in v] for k, v in spec.get("few_shot", {}).items()}
+            if "validation" in spec:
+                validation = [str(c) for c in spec["validation"]]
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise SplitError(f"{split_path} must be {{\"train\": [ids], \"test\": [ids]}} "
                              f"({type(err).__name__}: {err})") from None
-        unknown = sorted(set(train + test + sum(few_shot.values(), [])) - set(dataset.cases))
+        unknown = sorted(set(train + test + sum(few_shot.values(), []) + (validation or []))
+                         - set(dataset.cases))
         if unknown:
             raise SplitError(f"{split_path} names cases with no label file: {', '.join(unknown[:5])}"
                              f"{' ...' if len(unknown) > 5 else ''}; fix the ids or the dataset.")
@@ -163,6 +191,8 @@ def resolve_split(dataset: RawDataset, train_cases: int | None = None) -> Split:
                          "or labelsTs.")
     if not train:
         raise SplitError(f"{dataset.folder}: the split has no training cases.")
+    if evaluate_on == "validation":
+        train, test, source = _validation_split(dataset, train, few_shot, validation, source)
     if train_cases is not None:
         if train_cases < 1 or train_cases > len(train):
             raise SplitError(
@@ -175,7 +205,35 @@ def resolve_split(dataset: RawDataset, train_cases: int | None = None) -> Split:
             order = np.random.default_rng(FEW_SHOT_SEED).permutation(len(train))
             train = [train[i] for i in order[:train_cases]]
             source += f", first {train_cases} of a fixed shuffle (seed {FEW_SHOT_SEED})"
-    return Split(list(train), list(test), source)
+    return Split(list(train), list(test), source, evaluate_on)
+
+
+def _validation_split(dataset: RawDataset, train: list[str], few_shot: dict[str, list[str]],
+                      validation: list[str] | None, source: str):
+    """(training cases without the validation cases, validation cases, source)."""
+    where = f"{dataset.folder / SPLIT_FILE}"
+    if validation is None:
+        validation = carve_validation(train, few_shot)
+        source += ", validation carved from the training cases (every 5th unused by few-shot)"
+    else:
+        source += ", split.json's validation"
+        outside = sorted(set(validation) - set(train))
+        if outside:
+            raise SplitError(f"{where}: validation cases must be training cases; not in train: "
+                             f"{', '.join(outside[:5])}")
+    if not validation:
+        raise SplitError(f"{dataset.folder}: no training case is left for validation (every one is "
+                         "in a few-shot subset); add training cases or a validation list to "
+                         "split.json.")
+    clash = sorted(set(validation) & set(sum(few_shot.values(), [])))
+    if clash:
+        raise SplitError(f"{where}: validation cases also in a few-shot subset: "
+                         f"{', '.join(clash[:5])}; a case cannot train and validate one run.")
+    rest = [c for c in train if c not in set(validation)]
+    if not rest:
+        raise SplitError(f"{dataset.folder}: every training case is a validation case; nothing "
+                         "is left to train on.")
+    return rest, list(validation), source
 
 
 def _read_array(path: Path) -> np.ndarray:

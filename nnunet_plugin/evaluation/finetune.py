@@ -14,7 +14,8 @@ The recipe is the same for every init (that is the point of the benchmark), plai
 * augmentation: a random flip per spatial axis and a random contrast (x0.9..1.1) and brightness
   (+-0.1) change of the nnU-Net-normalised patch, nothing else;
 * optimisation: AdamW (lr 1e-3, weight decay 1e-4), poly decay (nnU-Net's exponent 0.9),
-  cross-entropy + soft Dice over the foreground classes, ``steps`` optimiser steps;
+  cross-entropy + soft Dice over the foreground classes, ``steps`` optimiser steps; optional
+  warm-up, frozen-encoder steps, encoder learning-rate scale and 1x1 head (:class:`FinetuneConfig`);
 * seed ``s`` fixes the head (and, for scratch, all) initial weights and, from its own generator,
   the patch/augmentation stream; the normalised images do not depend on the weights, so seed
   ``s`` of every init sees exactly the same training patches: the pairing the paired test relies
@@ -43,16 +44,31 @@ from nnunet_plugin.evaluation.errors import InitError
 from nnunet_plugin.normalization import InputPath, fit_nnunet_normalization
 from rasd_hub.errors import RasdValueError
 
-__all__ = ["FinetuneConfig", "RunResult", "load_split_cases", "finetune_and_evaluate",
-           "auto_patch_size", "summarise_cases", "check_dimensionality", "fit_input_path", "pad_to_size", "resolve_device"]
+__all__ = ["FinetuneConfig", "RunResult", "NEW_HEADS", "with_class_head", "encoder_parameters",
+           "load_split_cases", "finetune_and_evaluate", "auto_patch_size", "summarise_cases",
+           "check_dimensionality", "fit_input_path", "pad_to_size", "resolve_device"]
 
 _PATCH_CAP = {2: 128, 3: 64}
 FOREGROUND_FRACTION = 1 / 3
 
 
+#: what fine-tuning puts on the network for the task's classes (``FinetuneConfig.new_head``)
+NEW_HEADS = ("top-block", "1x1")
+
+
 @dataclass
 class FinetuneConfig:
-    """The budget and recipe shared by every init and seed of one comparison."""
+    """The budget and recipe shared by every init and seed of one comparison.
+
+    The defaults are the harness's original recipe; the other fields are the fine-tuning
+    candidates of the validation study (docs/results.md): ``warmup_steps`` of linear warm-up
+    before the poly decay; the encoder frozen for its first ``freeze_encoder_steps``;
+    ``encoder_lr_scale`` times the learning rate for the encoder (a discriminative, two-group
+    form of layer-wise decay); ``new_head``: ``top-block`` re-initialises the network's output
+    block with one output per class (rasd_hub's ``num_classes``), ``1x1`` keeps every
+    pre-trained layer, the embedding output included, and adds a 1x1 convolution to the classes
+    (scratch gets the same architecture either way).
+    """
 
     steps: int = 200
     batch_size: int = 4
@@ -60,18 +76,62 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     patch: tuple[int, ...] | None = None  # None: auto_patch_size
     device: str = "auto"
+    warmup_steps: int = 0
+    freeze_encoder_steps: int = 0
+    encoder_lr_scale: float = 1.0
+    new_head: str = "top-block"
 
     def __post_init__(self):
         if self.steps < 1:
             raise RasdValueError(f"--steps must be at least 1, got {self.steps}")
         if self.batch_size < 1:
             raise RasdValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        # a warm-up needs steps after it to decay over; the encoder may stay frozen throughout
+        for flag, value, most in (("--warmup-steps", self.warmup_steps, self.steps - 1),
+                                  ("--freeze-encoder-steps", self.freeze_encoder_steps, self.steps)):
+            if not 0 <= value <= most:
+                raise RasdValueError(f"{flag} must be in 0..{most} (--steps {self.steps}), got {value}")
+        if not self.encoder_lr_scale > 0:
+            raise RasdValueError(f"--encoder-lr-scale must be > 0, got {self.encoder_lr_scale}; "
+                                 "use --freeze-encoder-steps to freeze the encoder")
+        if self.new_head not in NEW_HEADS:
+            raise RasdValueError(f"--new-head {self.new_head!r}: choose one of {', '.join(NEW_HEADS)}")
 
     def recipe(self) -> dict[str, Any]:
         """What the report records as its ``config``."""
         return {"backend": "inprocess", "steps": self.steps, "batch_size": self.batch_size,
                 "lr": self.lr, "weight_decay": self.weight_decay,
-                "patch": list(self.patch) if self.patch else "auto"}
+                "patch": list(self.patch) if self.patch else "auto",
+                "warmup_steps": self.warmup_steps, "freeze_encoder_steps": self.freeze_encoder_steps,
+                "encoder_lr_scale": self.encoder_lr_scale, "new_head": self.new_head}
+
+    def lr_factor(self, step: int) -> float:
+        """The learning-rate multiplier at ``step``: linear warm-up, then poly (exponent 0.9)."""
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        return (1 - (step - self.warmup_steps) / (self.steps - self.warmup_steps)) ** 0.9
+
+
+def with_class_head(net, num_classes: int):
+    """``net``'s output (its embedding) through a new 1x1 convolution to ``num_classes``; the
+    result carries ``net``'s ``rasd_config``."""
+    from torch import nn
+
+    config = net.rasd_config
+    conv = {2: nn.Conv2d, 3: nn.Conv3d}[int(config["spatial_dims"])]
+    model = nn.Sequential(net, conv(int(config["model_args"]["out_channels"]), num_classes, 1))
+    model.rasd_config = config
+    return model
+
+
+def encoder_parameters(model) -> list:
+    """The parameters of the encoder blocks ``model.encoder_info()`` names (rasd_hub models)."""
+    modules = [model.get_submodule(info["module"]) for info in model.encoder_info()]
+    seen: dict[int, Any] = {}
+    for module in modules:
+        for param in module.parameters():
+            seen.setdefault(id(param), param)
+    return list(seen.values())
 
 
 @dataclass
@@ -224,10 +284,14 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
     device = resolve_device(config.device)
     num_classes = dataset.num_classes
     torch.manual_seed(seed)
-    built = build_model(model_name, init, num_classes=num_classes, in_chans=dataset.num_channels)
+    one_by_one = config.new_head == "1x1"
+    built = build_model(model_name, init, num_classes=None if one_by_one else num_classes,
+                        in_chans=dataset.num_channels)
+    encoder = encoder_parameters(built.model)
+    network = with_class_head(built.model, num_classes) if one_by_one else built.model
     intensity = fit_input_path(dataset, train, built.normalization)
     normalize = intensity.normalization
-    model = intensity.network(built.model).to(device)
+    model = intensity.network(network).to(device)
     data_dims = train[0].label.ndim
     check_dimensionality(model_name, int(model.rasd_config["spatial_dims"]), dataset, data_dims)
     divisor = int(model.rasd_config["input_divisor"])
@@ -236,12 +300,18 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
         raise RasdValueError(f"--patch {patch}: need {data_dims} sizes, each a multiple of {divisor}")
     sampler = PatchSampler([normalize(c.image) for c in train], [c.label for c in train], patch, seed)
 
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: (1 - step / config.steps) ** 0.9)
+    encoder_ids = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if id(p) not in encoder_ids]
+    optimiser = torch.optim.AdamW(
+        [{"params": rest}, {"params": encoder, "lr": config.lr * config.encoder_lr_scale}],
+        lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, config.lr_factor)
     model.train()
     loss_value = float("nan")
     for step in range(config.steps):
+        frozen = step < config.freeze_encoder_steps  # AdamW skips parameters without a gradient
+        for param in encoder:
+            param.requires_grad_(not frozen)
         images, labels = sampler.batch(config.batch_size)
         x = torch.from_numpy(images).to(device)
         y = torch.from_numpy(labels).to(device)

@@ -19,7 +19,11 @@ from rasd_hub._registry import register_model
 from rasd_hub._validate import ArgSpec
 from rasd_hub.models._base import FeatureInfo, RasdModelMixin, finalize
 
-__all__ = ["RasdUNet", "RasdUNetEncoder", "rasd2d", "rasd2d_small", "rasd3d_small"]
+__all__ = ["RasdUNet", "RasdUNetEncoder", "UPSAMPLE", "rasd2d", "rasd2d_small", "rasd3d_small"]
+
+#: how a decoder block upsamples: MONAI's transposed convolution (the released networks), or
+#: interpolation followed by a stride-1 convolution (no checkerboard artefacts)
+UPSAMPLE = ("transposed", "nearest", "linear")
 
 
 class RasdUNet(RasdModelMixin, UNet):
@@ -35,6 +39,9 @@ class RasdUNet(RasdModelMixin, UNet):
         act: activation (MONAI name or ``[name, {args}]``).
         norm: normalisation (MONAI name or ``[name, {args}]``).
         dropout: dropout probability.
+        upsample: ``transposed`` (MONAI's transposed convolution, the released layout),
+            ``nearest`` or ``linear`` (interpolation by the stride, then a stride-1 convolution:
+            no checkerboard texture; other state-dict keys, so other weights).
         **kwargs: any other :class:`~monai.networks.nets.UNet` argument (JSON values only).
     """
 
@@ -52,8 +59,12 @@ class RasdUNet(RasdModelMixin, UNet):
         act: str | Sequence = "relu",
         norm: str | Sequence = "batch",
         dropout: float = 0.0,
+        upsample: str = "transposed",
         **kwargs: Any,
     ) -> None:
+        if upsample not in UPSAMPLE:
+            raise ValueError(f"upsample={upsample!r}: choose one of {', '.join(UPSAMPLE)}")
+        self.upsample = upsample  # read by _get_up_layer, which MONAI's __init__ calls
         act = tuple(act) if isinstance(act, list) else act  # MONAI wants tuples, JSON gives lists
         norm = tuple(norm) if isinstance(norm, list) else norm
         super().__init__(
@@ -66,6 +77,8 @@ class RasdUNet(RasdModelMixin, UNet):
             channels=list(channels), strides=list(strides), num_res_units=num_res_units, act=act,
             norm=norm, dropout=dropout, **kwargs,
         )
+        if upsample != "transposed":  # absent by default: configs of the released layout unchanged
+            self.model_args["upsample"] = upsample
         self.spatial_dims = spatial_dims
         self.input_divisor = math.prod(int(s) for s in strides)
         self.grad_checkpointing = False
@@ -105,9 +118,29 @@ class RasdUNet(RasdModelMixin, UNet):
             feats.append(x)
         return feats
 
+    def _get_up_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
+        if self.upsample == "transposed":
+            return super()._get_up_layer(in_channels, out_channels, strides, is_top)
+        from monai.networks.blocks import Convolution, ResidualUnit
+
+        mode = self.upsample if self.upsample == "nearest" else ("bilinear", "trilinear")[self.dimensions - 2]
+        common = dict(act=self.act, norm=self.norm, dropout=self.dropout, bias=self.bias,
+                      adn_ordering=self.adn_ordering)
+        layers: list[nn.Module] = [
+            nn.Upsample(scale_factor=strides, mode=mode),
+            Convolution(self.dimensions, in_channels, out_channels, strides=1,
+                        kernel_size=self.up_kernel_size, conv_only=is_top and self.num_res_units == 0,
+                        **common)]
+        if self.num_res_units > 0:
+            layers.append(ResidualUnit(self.dimensions, out_channels, out_channels, strides=1,
+                                       kernel_size=self.kernel_size, subunits=1,
+                                       last_conv_only=is_top, **common))
+        return nn.Sequential(*layers)
+
     def _new_head(self, num_classes: int) -> nn.Module:
         top = self.model[2]
-        upc = (top[0] if isinstance(top, nn.Sequential) else top).conv.in_channels
+        convs = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+        upc = next(m for m in top.modules() if isinstance(m, convs)).in_channels
         self.model[2] = self._get_up_layer(upc, num_classes, self.model_args["strides"][0], True)
         return self.model[2]
 
@@ -215,6 +248,7 @@ UNET_SCHEMA = {
         "kernel_size": ArgSpec("int", low=1, high=7),
         "up_kernel_size": ArgSpec("int", low=1, high=7),
         "bias": ArgSpec("bool"),
+        "upsample": ArgSpec("str", choices=UPSAMPLE),
         "adn_ordering": ArgSpec("str", choices=("nda", "nad", "dna", "dan", "and", "adn", "na", "an",
                                                 "nd", "dn", "ad", "da", "n", "a", "d", "")),
     },
