@@ -1,0 +1,44 @@
+"""The validation study's tables from its reports: one row per candidate, paired with scratch
+under the same recipe. Usage: python summarise.py REPORT_DIR [SCRATCH_DIR]: reports without a
+scratch init take scratch's per-seed values from SCRATCH_DIR's report of the same dataset."""
+
+import json
+import sys
+from pathlib import Path
+
+from nnunet_plugin.evaluation.stats import paired_test
+
+root = Path(sys.argv[1])
+DATASETS = {"Dataset501_LiverCT2D": "CT liver", "Dataset503_MNIBrain2D": "MR brain",
+            "Dataset504_Nuclei2D": "nuclei"}
+print("| candidate | " + " | ".join(f"{n}: scratch → RaSD" for n in DATASETS.values())
+      + " | mean RaSD | mean Δ | Δ > 0 | paired p (9 pairs) |")
+print("| --- |" + " --- |" * (len(DATASETS) + 4))
+for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    cells, rasd_means, deltas, a_all, b_all = [], [], [], [], []
+    for ds in DATASETS:
+        path = folder / f"{ds}.json"
+        if not path.is_file():
+            cells.append("—")
+            continue
+        report = json.loads(path.read_text())
+        inits = report["inits"]
+        other = next(k for k in inits if k != "scratch")
+        if "scratch" not in inits:
+            reference = json.loads((Path(sys.argv[2]) / f"{ds}.json").read_text())
+            assert reference["seeds"] == report["seeds"] and reference["split"] == report["split"]
+            assert {k: v for k, v in reference["config"].items()} == report["config"]
+            inits = {**inits, "scratch": reference["inits"]["scratch"]}
+        a, b = inits["scratch"]["per_seed_mean_dice"], inits[other]["per_seed_mean_dice"]
+        a_all += a
+        b_all += b
+        ma, mb = sum(a) / len(a), sum(b) / len(b)
+        rasd_means.append(mb)
+        deltas.append(mb - ma)
+        cells.append(f"{ma:.3f} → {mb:.3f} ({mb - ma:+.3f})")
+    if not deltas:
+        continue
+    test = paired_test(a_all, b_all) if len(a_all) > 1 else None
+    p = "" if test is None or test.p_value is None else f"{test.p_value:.2g}"
+    print(f"| {folder.name} | " + " | ".join(cells) + f" | {sum(rasd_means) / len(rasd_means):.3f} | "
+          f"{sum(deltas) / len(deltas):+.3f} | {sum(d > 0 for d in deltas)}/{len(deltas)} | {p} |")
