@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from rasd_hub.cli_hub import model_arg
+
 __all__ = ["configure_pretrain", "configure_demo", "configure_bench_train", "config_from_args"]
 
 
@@ -98,7 +100,11 @@ def config_from_args(args: argparse.Namespace):
 
     model_kwargs = None
     if args.model_kwargs:
-        model_kwargs = {**get_preset(args.preset).model_kwargs, **_key_values(args.model_kwargs)}
+        try:
+            given = dict(map(model_arg, args.model_kwargs))
+        except argparse.ArgumentTypeError as err:
+            raise RasdValueError(f"--model-kwargs: {err}, e.g. upsample=linear") from None
+        model_kwargs = {**get_preset(args.preset).model_kwargs, **given}
     return TrainConfig.from_preset(
         args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         out_dir=out, resume=args.resume, checkpoint_every=args.checkpoint_every,
@@ -111,21 +117,6 @@ def config_from_args(args: argparse.Namespace):
         pdl=PDLConfig(normalize=True) if args.pdl_normalize else None, model_kwargs=model_kwargs,
     )
 
-
-def _key_values(items: list[str]) -> dict:
-    """``KEY=VALUE`` strings as a dict; a value is JSON when it parses (2, true, [2, 2]), else text."""
-    from rasd_hub.errors import RasdValueError
-
-    out = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise RasdValueError(f"--model-kwargs {item!r}: expected KEY=VALUE, e.g. upsample=linear")
-        try:
-            out[key] = json.loads(text)
-        except ValueError:
-            out[key] = text
-    return out
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

@@ -258,7 +258,8 @@ def run_export(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-def _model_arg(text: str):
+def model_arg(text: str):
+    """argparse type of a ``KEY=VALUE`` architecture argument: (key, JSON value or text)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -295,7 +296,7 @@ def configure_convert(parser):
                         help="architecture: rasd3d_swinb, rasd3d_swinl, rasd3d_swinh or rasd2d "
                         "(default: from the released file's name, RaSE_B.pth -> rasd3d_swinb; "
                         "not for nnssl checkpoints)")
-    parser.add_argument("--model-arg", action="append", type=_model_arg, default=[], metavar="KEY=VALUE",
+    parser.add_argument("--model-arg", action="append", type=model_arg, default=[], metavar="KEY=VALUE",
                         help="override an architecture argument (VALUE is JSON), repeatable")
     parser.add_argument("--license", default="other", help="licence id for the card (default: other; "
                         "see the RaSD release for its terms)")

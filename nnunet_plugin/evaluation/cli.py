@@ -20,14 +20,12 @@ __all__ = ["configure_finetune", "configure_compare", "configure_probe", "config
 
 PICTURE_CASES = 3  # test cases drawn by --pictures / --pca-out
 BACKENDS = ("inprocess", "nnunet")
-#: options only the in-process loop honours (dest, flag); --backend nnunet refuses them
-INPROCESS_ONLY = (("steps", "--steps"), ("batch_size", "--batch-size"), ("lr", "--lr"),
-                  ("patch", "--patch"), ("pictures", "--pictures"),
-                  ("warmup_steps", "--warmup-steps"), ("freeze_encoder_steps", "--freeze-encoder-steps"),
-                  ("encoder_lr_scale", "--encoder-lr-scale"), ("new_head", "--new-head"))
 #: FinetuneConfig fields set from same-named options when given (None: the config's default)
 RECIPE_OPTIONS = ("steps", "batch_size", "lr", "warmup_steps", "freeze_encoder_steps",
                   "encoder_lr_scale", "new_head")
+#: options only the in-process loop honours (dest, flag); --backend nnunet refuses them
+INPROCESS_ONLY = tuple((dest, "--" + dest.replace("_", "-"))
+                       for dest in (*RECIPE_OPTIONS, "patch", "pictures"))
 #: options only --backend nnunet honours; the in-process loop refuses them
 NNUNET_ONLY = (("work", "--work"), ("nnunet_trainer", "--nnunet-trainer"))
 

@@ -229,7 +229,8 @@ def _validation_split(dataset: RawDataset, train: list[str], few_shot: dict[str,
     if clash:
         raise SplitError(f"{where}: validation cases also in a few-shot subset: "
                          f"{', '.join(clash[:5])}; a case cannot train and validate one run.")
-    rest = [c for c in train if c not in set(validation)]
+    held_out = set(validation)
+    rest = [c for c in train if c not in held_out]
     if not rest:
         raise SplitError(f"{dataset.folder}: every training case is a validation case; nothing "
                          "is left to train on.")

@@ -309,9 +309,9 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
     model.train()
     loss_value = float("nan")
     for step in range(config.steps):
-        frozen = step < config.freeze_encoder_steps  # AdamW skips parameters without a gradient
-        for param in encoder:
-            param.requires_grad_(not frozen)
+        if step in (0, config.freeze_encoder_steps):  # AdamW skips parameters without a gradient
+            for param in encoder:
+                param.requires_grad_(step >= config.freeze_encoder_steps)
         images, labels = sampler.batch(config.batch_size)
         x = torch.from_numpy(images).to(device)
         y = torch.from_numpy(labels).to(device)

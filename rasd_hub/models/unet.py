@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import UNet
 from torch.utils.checkpoint import checkpoint
@@ -121,8 +122,6 @@ class RasdUNet(RasdModelMixin, UNet):
     def _get_up_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
         if self.upsample == "transposed":
             return super()._get_up_layer(in_channels, out_channels, strides, is_top)
-        from monai.networks.blocks import Convolution, ResidualUnit
-
         mode = self.upsample if self.upsample == "nearest" else ("bilinear", "trilinear")[self.dimensions - 2]
         common = dict(act=self.act, norm=self.norm, dropout=self.dropout, bias=self.bias,
                       adn_ordering=self.adn_ordering)
