@@ -161,8 +161,10 @@ class RaSDNetwork(MappedNetwork):
         elif deep_supervision:
             raise PlansError(f"{rasd_architecture} has a single output; train it with deep "
                              "supervision off (the RaSD trainers do)")
-        net = rasd_hub.create_model(rasd_architecture, pretrained=False, num_classes=num_classes,
-                                    in_chans=input_channels, **args)
+        # out_channels, not num_classes: the plans' arguments describe the whole network (a
+        # class head included, ``head_channels``), also for plans written before it existed
+        net = rasd_hub.create_model(rasd_architecture, pretrained=False, in_chans=input_channels,
+                                    out_channels=num_classes, **args)
         super().__init__(net, input_scale, input_shift, input_channels)
         if strides is not None and [list(map(int, s)) for s in strides] != stage_strides(net.rasd_config):
             raise PlansError(

@@ -78,7 +78,7 @@ class TrainConfig:
             batch_size=None, per_rank_batch_size=p.batch_size, lr=p.lr, steps=p.steps,
             synthesis=p.synthesis, weight_decay=p.weight_decay, warmup_steps=p.warmup_steps,
             schedule=p.schedule, grad_clip=p.grad_clip, checkpoint_every=p.checkpoint_every,
-            log_every=p.log_every,
+            log_every=p.log_every, pdl=PDLConfig(normalize=p.pdl_normalize),
         )
         config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
         config.validate()

@@ -47,6 +47,8 @@ class Preset:
     """``constant`` (paper and released code) or ``cosine`` decay after the warm-up."""
     grad_clip: float | None = None
     """max global gradient norm; None: no clipping (released code)."""
+    pdl_normalize: bool = False
+    """L2-normalise embeddings and prototypes in the PDL loss (the released code does not)."""
     checkpoint_every: int = 1000
     log_every: int = 10
     notes: str = ""
@@ -88,6 +90,18 @@ PRESETS: dict[str, Preset] = {
             notes="64^2 with 6 classes keeps class regions tens of pixels wide (the synthesis "
             "scales its noise grids with the size) at ~0.1-0.3 s per step on 2 cores; lr 1e-3 "
             "with warm-up and cosine because 300 steps at the paper's 1e-5 barely move the loss",
+        ),
+        Preset(
+            name="rasd2d_small_v2",
+            description="rasd2d_small's v2 weights: 10k steps, paper synthesis, normalised PDL",
+            architecture="rasd2d_small",
+            model_kwargs={},
+            spatial_dims=2, size=64, num_classes=6, batch_size=8, lr=1e-3, steps=10_000,
+            synthesis="paper", pdl_normalize=True,
+            warmup_steps=20, schedule="cosine", grad_clip=1.0, checkpoint_every=1000, log_every=10,
+            notes="the recipe of rasd2d_small.v2_synth10k_cpu, chosen on validation cases "
+            "(docs/results.md, issue 12): rasd2d_small with the paper's synthesis ranges and "
+            "L2-normalised PDL embeddings, for v1's 10k steps",
         ),
         Preset(
             name="rasd3d_small",

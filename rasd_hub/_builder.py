@@ -139,7 +139,10 @@ def build_model(arch: str, config: dict | None, kwargs: dict, *, num_classes=Non
     args.update(kwargs)
     if in_chans is not None:
         args["in_channels"] = in_chans
-    if num_classes is not None:
+    # architectures with a ``head_channels`` argument put a 1x1 class head on their embedding
+    # (their entry point takes num_classes); the others end in num_classes output channels
+    class_head = num_classes is not None and "head_channels" in ((spec.args_schema or {}).get("args") or {})
+    if num_classes is not None and not class_head:
         args["out_channels"] = num_classes
     check_model_args(arch, args, spec.args_schema, where="arguments")
     head_type = (config or {}).get("head_type")
@@ -147,6 +150,8 @@ def build_model(arch: str, config: dict | None, kwargs: dict, *, num_classes=Non
         encoder = spec.fn(features_only=True, **{k: v for k, v in args.items() if k != "out_channels"})
         classes = num_classes if num_classes is not None else config["out_channels"]
         return RasdClassifier(encoder, int(classes))
+    if class_head:
+        args["num_classes"] = num_classes
     return spec.fn(features_only=bool(features_only), out_indices=out_indices, **args)
 
 
@@ -161,10 +166,9 @@ def _config_from_state_dict(model, state_dict) -> dict[str, Any]:
     if head:
         own = model.state_dict()
         for k in own:
-            if k.startswith(head + ".") and k in state_dict and state_dict[k].ndim >= 1:
-                if state_dict[k].shape != own[k].shape:
-                    cfg["out_channels"] = -1  # differs: the head is re-initialised
-                    break
+            if k.startswith(head + ".") and (k not in state_dict or state_dict[k].shape != own[k].shape):
+                cfg["out_channels"] = -1  # differs or absent: the head is re-initialised
+                break
         else:
             cfg["out_channels"] = rasd_config.get("out_channels")
     return cfg

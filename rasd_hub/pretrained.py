@@ -24,6 +24,23 @@ __all__ = ["PretrainedCfg", "register_pretrained", "get_pretrained_cfg", "list_p
 # tests/test_models.py::test_no_placeholder_pretrained_tags checks each one). Files inside the
 # package need the package-data pattern in pyproject.toml.
 
+# v2 is registered first: the default of rasd2d_small (issue 12's validation study chose its recipe)
+register_pretrained(PretrainedCfg(
+    architecture="rasd2d_small",
+    tag="v2_synth10k_cpu",
+    file="pretrained_weights/rasd2d_small.v2_synth10k_cpu",
+    sha256={"model.safetensors": "8c8c32b48a72c9c6b9710555febd2bed82407d6db5a1c0be7ff3a93029238784",
+            "config.json": "d17ab6fb2b7126d1a04bb2d8fb3a870b159fa0edbe2431c8d5773260c36036bb"},
+    description="v2: 10k PDL steps on synthetic 64x64 images (paper synthesis, normalised PDL "
+                "embeddings), 2-vCPU CPU, 20 min; shipped in the package",
+    provenance={"preset": "rasd2d_small_v2", "steps": 10_000, "batch_size": 8, "seed": 0,
+                "synthesis": "paper", "pdl_normalize": True, "device": "cpu (2 vCPUs)",
+                "wall_seconds": 1179.3,
+                "command": "rasd pretrain --preset rasd2d_small --steps 10000 --checkpoint-every "
+                           "1000 --seed 0 --device cpu --synthesis paper --pdl-normalize",
+                "code_version": "rasd-hub 0.1.0"},
+))
+
 register_pretrained(PretrainedCfg(
     architecture="rasd2d_small",
     tag="synth10k_cpu",

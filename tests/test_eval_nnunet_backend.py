@@ -122,7 +122,7 @@ def test_every_init_must_plan_the_models_network(tmp_path):
     from nnunet_plugin.network import comparable_model_args
 
     def write_plans(name, **model_kwargs):
-        config = rasd_hub.create_model("rasd2d_small", **model_kwargs).rasd_config
+        config = rasd_hub.create_model("rasd2d_small", num_classes=3, **model_kwargs).rasd_config
         kwargs = {"rasd_architecture": config["architecture"],
                   "rasd_model_args": comparable_model_args(config["model_args"])}
         (tmp_path / f"{name}.json").write_text(json.dumps(
@@ -130,6 +130,6 @@ def test_every_init_must_plan_the_models_network(tmp_path):
 
     write_plans("same")
     write_plans("narrow", channels=(8, 16, 32, 64, 128))
-    _check_one_network(tmp_path, {"scratch": "same", "rasd2d_small": "same"}, "2d", "rasd2d_small")
+    _check_one_network(tmp_path, {"scratch": "same", "rasd2d_small": "same"}, "2d", "rasd2d_small", 3)
     with pytest.raises(InitError, match="'narrow_weights' is a rasd2d_small .* one architecture for every init"):
-        _check_one_network(tmp_path, {"scratch": "same", "narrow_weights": "narrow"}, "2d", "rasd2d_small")
+        _check_one_network(tmp_path, {"scratch": "same", "narrow_weights": "narrow"}, "2d", "rasd2d_small", 3)

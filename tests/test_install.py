@@ -114,7 +114,7 @@ def test_install_a_weights_folder_under_a_tag(hub_home, tmp_path, capsys):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     # the shipped tag stays the default of rasd2d_small
     assert rasd_hub.create_model("rasd2d_small", pretrained=True).pretrained_cfg.weights_ref == \
-        "rasd2d_small.synth10k_cpu"
+        "rasd2d_small.v2_synth10k_cpu"
     assert main(["hub", "list", "--pretrained"]) == 0
     assert str(hub_home / "installed" / "rasd2d_small.mine") in capsys.readouterr().out
     # a folder whose weights no longer match its own config is not installed

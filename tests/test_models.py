@@ -140,6 +140,32 @@ def test_num_classes_sets_a_fresh_head(name, tmp_path):
         assert model(torch.rand(1, 1, *size_for(name))).shape[1] == 3
 
 
+@pytest.mark.parametrize("name", ["rasd2d_small", "rasd3d_small"])
+def test_unet_num_classes_keeps_the_embedding_block_and_adds_a_1x1_head(name, tmp_path):
+    from safetensors.torch import save_file
+
+    base = rasd_hub.create_model(name)
+    rasd_hub.save_pretrained(base, tmp_path / "w")
+    save_file(base.state_dict(), str(tmp_path / "bare.safetensors"))
+    base_sd = base.state_dict()
+    for weights in (tmp_path / "w", tmp_path / "bare.safetensors"):
+        model = rasd_hub.create_model(name, pretrained=weights, num_classes=3)
+        assert model.model_args["head_channels"] == 32 and model.rasd_config["head"] == "head"
+        assert sorted(model.load_report.reinitialized) == ["head.bias", "head.weight"]
+        assert all(torch.equal(v, base_sd[k]) for k, v in model.state_dict().items() if not k.startswith("head."))
+    # scratch gets the same network; out_channels=N is the released layout's class block instead
+    assert rasd_hub.create_model(name, num_classes=3).state_dict().keys() == model.state_dict().keys()
+    old = rasd_hub.create_model(name, pretrained=tmp_path / "w", out_channels=3)
+    assert "head_channels" not in old.model_args and old.rasd_config["head"] == "model.2"
+    assert old.load_report.reinitialized and all(k.startswith("model.2.") for k in old.load_report.reinitialized)
+    # a fine-tuned network round-trips, and its encoder loads without the head
+    rasd_hub.save_pretrained(model, tmp_path / "tuned")
+    again = rasd_hub.load(tmp_path / "tuned")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in again.state_dict().items())
+    encoder = rasd_hub.create_model(tmp_path / "tuned", pretrained=True, features_only=True)
+    assert not any(k.startswith("head.") for k in encoder.state_dict())
+
+
 @pytest.mark.parametrize("name", ["rasd2d_small", "rasd3d_small", "rasd3d_swinb"])
 def test_in_chans_adapts_stem_so_repeated_input_gives_same_output(name, tmp_path):
     base = rasd_hub.create_model(name, **SMALL[name]).eval()

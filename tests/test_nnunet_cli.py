@@ -102,9 +102,9 @@ def test_each_fold_predicts_alone_with_its_own_weights_and_mapping(nuclei, tmp_p
     mapping lived only in the shared plans.json, so fold 0 would have predicted with fold 1's."""
     env, model = nuclei["env"], nuclei["model"]
     zero, one = _network_state(model / "fold_0"), _network_state(model / "fold_1")
-    assert zero["_extra_state"]["pretrained"]["source"] == "rasd2d_small.synth10k_cpu"
+    assert zero["_extra_state"]["pretrained"]["source"] == "rasd2d_small.v2_synth10k_cpu"
     assert one["_extra_state"]["pretrained"]["source"] == str(nuclei["other"].resolve())
-    assert zero["input_scale"].item() == pytest.approx(0.2104) and one["input_scale"].item() == pytest.approx(0.3)
+    assert zero["input_scale"].item() == pytest.approx(0.2405) and one["input_scale"].item() == pytest.approx(0.3)
     assert "(from RASD_WEIGHTS, replacing the plans' weights)" in _log(model / "fold_1")
     # the trainers never rewrite the plans: every fold's results share what planning wrote
     assert json.loads((model / "plans.json").read_text()) == json.loads(nuclei["plans"].read_text())
@@ -125,7 +125,7 @@ def test_each_fold_predicts_alone_with_its_own_weights_and_mapping(nuclei, tmp_p
 
 @pytest.mark.slow
 def test_from_scratch_twin_trains_the_same_plans_with_the_same_mapping(nuclei):
-    """The shipped weights carry measured moments (0.5238 / 0.2104): the baseline must use the
+    """The shipped weights carry measured moments (0.465 / 0.2405): the baseline must use the
     same mapping, not the range guess (0.5 / 0.25) it used before."""
     twin = "RaSDTrainerSmallFromScratch_2epochs_cpu"
     _train(NUCLEI, 0, nuclei["env"], trainer=twin)
@@ -133,7 +133,7 @@ def test_from_scratch_twin_trains_the_same_plans_with_the_same_mapping(nuclei):
     pretrained = _network_state(nuclei["model"] / "fold_0")
     for key in ("input_scale", "input_shift"):
         assert torch.equal(scratch[key], pretrained[key]), key
-    assert scratch["input_scale"].item() == pytest.approx(0.2104)
+    assert scratch["input_scale"].item() == pytest.approx(0.2405)
     assert scratch["_extra_state"]["pretrained"] is None
     assert scratch["_extra_state"]["model_args"] == pretrained["_extra_state"]["model_args"]
 
@@ -162,8 +162,8 @@ def test_continue_on_a_fold_without_checkpoint_starts_from_the_plans_weights(nuc
     env, fold = nuclei["env"], nuclei["model"] / "fold_2"
     assert not fold.exists()
     _train(NUCLEI, 2, env, "--c")
-    assert "RaSD: loaded rasd2d_small.synth10k_cpu" in _log(fold)
-    assert _network_state(fold)["_extra_state"]["pretrained"]["source"] == "rasd2d_small.synth10k_cpu"
+    assert "RaSD: loaded rasd2d_small.v2_synth10k_cpu" in _log(fold)
+    assert _network_state(fold)["_extra_state"]["pretrained"]["source"] == "rasd2d_small.v2_synth10k_cpu"
 
 
 @pytest.mark.slow

@@ -21,7 +21,8 @@ import torch.multiprocessing as mp
 
 ARCH = {"rasd_architecture": "rasd2d_small",
         "rasd_model_args": {"spatial_dims": 2, "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2],
-                            "num_res_units": 2, "act": "relu", "norm": "instance", "dropout": 0.0},
+                            "num_res_units": 2, "act": "relu", "norm": "instance", "dropout": 0.0,
+                            "head_channels": 32},
         "input_scale": [0.2104], "input_shift": [0.5238]}
 
 

@@ -1,8 +1,8 @@
 """RaSD plans and trainers in-process on a tiny synthetic dataset: planning, weights, twins, errors.
 
 The dataset is planned and preprocessed once by nnU-Net's own command and RaSD-planned once with
-the shipped ``rasd2d_small`` weights (they carry measured input moments, mean 0.5238 / std
-0.2104); the trainers are then built the way ``nnUNetv2_train`` builds them (plans + dataset.json
+the shipped ``rasd2d_small`` weights (they carry measured input moments, mean 0.465 / std
+0.2405); the trainers are then built the way ``nnUNetv2_train`` builds them (plans + dataset.json
 + device), without subprocesses. nnU-Net's own commands are exercised in test_nnunet_cli.py.
 """
 
@@ -30,9 +30,9 @@ from rasd_hub.errors import WeightsFormatError, WeightsNotAvailableError, Weight
 
 DATASET_ID = 991
 DATASET = f"Dataset{DATASET_ID:03d}_SyntheticDisks"
-HEAD = "model.2"  # rasd2d_small's head prefix (rasd_config["head"])
+HEAD = "head"  # the 1x1 class head rasd_hub puts on rasd2d_small's embedding (rasd_config["head"])
 STEM = "model.0.conv.unit0.conv.weight"
-SHIPPED_MOMENTS = (0.2104, 0.5238)  # (std, mean) measured for rasd2d_small.synth10k_cpu
+SHIPPED_MOMENTS = (0.2405, 0.465)  # (std, mean) measured for rasd2d_small.v2_synth10k_cpu
 OTHER_NORMALIZATION = {"method": "minmax", "range": [0.0, 1.0], "mean": 0.4, "std": 0.3}
 
 
@@ -95,7 +95,7 @@ def log_text(trainer) -> str:
 def shipped_state() -> dict:
     import rasd_hub
 
-    folder = Path(rasd_hub.__file__).parent / "pretrained_weights" / "rasd2d_small.synth10k_cpu"
+    folder = Path(rasd_hub.__file__).parent / "pretrained_weights" / "rasd2d_small.v2_synth10k_cpu"
     return load_file(str(folder / "model.safetensors"))
 
 
@@ -115,8 +115,8 @@ def test_plans_are_written_beside_nnunets_which_stay_untouched(nnunet_dirs):
     plans = json.loads(result.plans_file.read_text())
     source = json.loads(before)
     assert plans["plans_name"] == "RaSDPlans_again"
-    assert plans["rasd"]["pretrained"]["source"] == "rasd2d_small.synth10k_cpu"
-    assert plans["rasd"]["pretrained"]["sha256"].startswith("6ecadef9")
+    assert plans["rasd"]["pretrained"]["source"] == "rasd2d_small.v2_synth10k_cpu"
+    assert plans["rasd"]["pretrained"]["sha256"].startswith("8c8c32b4")
     cfg = plans["configurations"]["2d"]
     # same preprocessed data: nothing to write twice
     assert cfg["data_identifier"] == source["configurations"]["2d"]["data_identifier"]
@@ -235,14 +235,14 @@ def test_pretrained_body_is_loaded_head_is_new_and_mapping_fits_the_weights(nnun
     trainer.initialize()
     weights = shipped_state()
     state = trainer.network.net.state_dict()
-    body = [k for k in weights if not k.startswith(HEAD + ".")]
-    assert body and all(torch.equal(state[k], weights[k]) for k in body)
-    head = [k for k in weights if k.startswith(HEAD + ".") and "weight" in k]
-    assert any(state[k].shape != weights[k].shape for k in head)  # 2 classes, not the 32-ch embedding
+    # every pre-trained layer, the 32-channel embedding block included; only the 1x1 head is new
+    assert weights and all(torch.equal(state[k], weights[k]) for k in weights)
+    assert sorted(set(state) - set(weights)) == [HEAD + ".bias", HEAD + ".weight"]
+    assert state[HEAD + ".weight"].shape[:2] == (2, 32)  # 2 classes from the 32-ch embedding
     assert mapping(trainer.network) == SHIPPED_MOMENTS
-    assert trainer.network.pretrained["source"] == "rasd2d_small.synth10k_cpu"
+    assert trainer.network.pretrained["source"] == "rasd2d_small.v2_synth10k_cpu"
     log = log_text(trainer)
-    assert "RaSD: loaded rasd2d_small.synth10k_cpu sha256 6ecadef9" in log
+    assert "RaSD: loaded rasd2d_small.v2_synth10k_cpu sha256 8c8c32b4" in log
     assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.initial_lr == 1e-3
     assert trainer.enable_deep_supervision is False
     assert trainer.network(torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)

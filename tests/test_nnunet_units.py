@@ -13,6 +13,26 @@ from nnunet_plugin.normalization import map_channel, target_moments
 from nnunet_plugin.planning import round_patch_size
 from nnunet_plugin.schedule import WarmupPolyLR, warmup_epochs_for
 
+# ------------------------------------------------------------------ the planned network
+
+
+def test_plans_describe_the_whole_network_with_its_class_head():
+    """The plans' arguments build the network the weights were adapted to (every pre-trained
+    layer and a 1x1 head); plans written before the class head existed still build theirs."""
+    from nnunet_plugin.network import RaSDNetwork, architecture_entry
+    from nnunet_plugin.pretrained import load_weights
+
+    weights = load_weights("rasd2d_small", in_chans=1, num_classes=3)
+    kwargs = architecture_entry(weights.config, [1.0], [0.0])["arch_kwargs"]
+    assert kwargs["rasd_model_args"]["head_channels"] == 32
+    network = RaSDNetwork(1, 3, **kwargs)
+    network.net.load_state_dict(weights.state_dict, strict=True)
+    old_args = {k: v for k, v in kwargs["rasd_model_args"].items() if k != "head_channels"}
+    old = RaSDNetwork(1, 3, **dict(kwargs, rasd_model_args=old_args)).net.state_dict()
+    assert not any(k.startswith("head.") for k in old)
+    assert old["model.2.0.conv.weight"].shape[1] == 3  # the top block ends in the classes
+
+
 # ------------------------------------------------------------------ patch sizes
 
 

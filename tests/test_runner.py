@@ -2,6 +2,7 @@
 checkpoints, exact resume, signals, NaN handling, metrics, previews and bad input."""
 
 import json
+from pathlib import Path
 import os
 import signal
 
@@ -442,3 +443,19 @@ def test_hub_export_of_the_final_checkpoint_equals_the_end_of_run_export(tmp_pat
     assert ours == theirs
     norm = json.loads(ours["config.json"])["normalization"]
     assert "mean" in norm and "std" in norm and norm["moments"].startswith("measured")
+
+
+def test_the_v2_preset_is_the_recipe_its_shipped_weights_record():
+    """rasd2d_small_v2 reproduces rasd2d_small.v2_synth10k_cpu: the command in its provenance."""
+    import rasd_hub
+    from rasd_hub.pretrained import get_pretrained_cfg
+
+    v2 = TrainConfig.from_preset("rasd2d_small_v2")
+    by_hand = TrainConfig.from_preset("rasd2d_small", steps=10_000, checkpoint_every=1000,
+                                      synthesis="paper", pdl=PDLConfig(normalize=True))
+    assert v2.to_dict() == dict(by_hand.to_dict(), preset="rasd2d_small_v2")
+    weights = get_pretrained_cfg("rasd2d_small")  # the default tag
+    assert weights.tag == "v2_synth10k_cpu" and weights.provenance["preset"] == "rasd2d_small_v2"
+    config = json.loads((Path(rasd_hub.__file__).parent / weights.file / "config.json").read_text())
+    recorded = config["provenance"]
+    assert (recorded["synthesis"], recorded["pdl"]["normalize"], recorded["step"]) == ("paper", True, v2.steps)

@@ -69,9 +69,10 @@ def _add_common(parser: argparse.ArgumentParser, *, train: bool) -> None:
         parser.add_argument("--encoder-lr-scale", type=float, default=None,
                             help="the encoder's learning rate = --lr times this (default 1)")
         parser.add_argument("--new-head", choices=NEW_HEADS, default=None,
-                            help="top-block: re-initialise the network's output block with one "
-                            "output per class (default); 1x1: keep every pre-trained layer and add "
-                            "a 1x1 convolution to the classes (scratch gets the same network)")
+                            help="1x1: keep every pre-trained layer and add a 1x1 convolution "
+                            "to the classes (default, what RaSDTrainer does); top-block: "
+                            "re-initialise the network's output block with one output per class "
+                            "(the recipe before issue 12's study; scratch gets the same network)")
         parser.add_argument("--patch", type=int, nargs="+", default=None,
                             help="patch size (default: image size rounded to the input divisor, "
                             "at most 128 in 2D / 64 in 3D)")

@@ -44,7 +44,7 @@ from nnunet_plugin.evaluation.errors import InitError
 from nnunet_plugin.normalization import InputPath, fit_nnunet_normalization
 from rasd_hub.errors import RasdValueError
 
-__all__ = ["FinetuneConfig", "RunResult", "NEW_HEADS", "with_class_head", "encoder_parameters",
+__all__ = ["FinetuneConfig", "RunResult", "NEW_HEADS", "encoder_parameters",
            "load_split_cases", "finetune_and_evaluate", "auto_patch_size", "summarise_cases",
            "check_dimensionality", "fit_input_path", "pad_to_size", "resolve_device"]
 
@@ -53,7 +53,7 @@ FOREGROUND_FRACTION = 1 / 3
 
 
 #: what fine-tuning puts on the network for the task's classes (``FinetuneConfig.new_head``)
-NEW_HEADS = ("top-block", "1x1")
+NEW_HEADS = ("1x1", "top-block")
 
 
 @dataclass
@@ -64,10 +64,11 @@ class FinetuneConfig:
     candidates of the validation study (docs/results.md): ``warmup_steps`` of linear warm-up
     before the poly decay; the encoder frozen for its first ``freeze_encoder_steps``;
     ``encoder_lr_scale`` times the learning rate for the encoder (a discriminative, two-group
-    form of layer-wise decay); ``new_head``: ``top-block`` re-initialises the network's output
-    block with one output per class (rasd_hub's ``num_classes``), ``1x1`` keeps every
-    pre-trained layer, the embedding output included, and adds a 1x1 convolution to the classes
-    (scratch gets the same architecture either way).
+    form of layer-wise decay); ``new_head``: ``1x1`` (default, rasd_hub's ``num_classes``, what
+    ``RaSDTrainer`` fine-tunes) keeps every pre-trained layer, the embedding output included,
+    and adds a 1x1 convolution to the classes; ``top-block`` re-initialises the network's output
+    block with one output per class (the harness's recipe before the study chose ``1x1``).
+    Scratch gets the same architecture either way.
     """
 
     steps: int = 200
@@ -79,7 +80,7 @@ class FinetuneConfig:
     warmup_steps: int = 0
     freeze_encoder_steps: int = 0
     encoder_lr_scale: float = 1.0
-    new_head: str = "top-block"
+    new_head: str = "1x1"
 
     def __post_init__(self):
         if self.steps < 1:
@@ -110,18 +111,6 @@ class FinetuneConfig:
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
         return (1 - (step - self.warmup_steps) / (self.steps - self.warmup_steps)) ** 0.9
-
-
-def with_class_head(net, num_classes: int):
-    """``net``'s output (its embedding) through a new 1x1 convolution to ``num_classes``; the
-    result carries ``net``'s ``rasd_config``."""
-    from torch import nn
-
-    config = net.rasd_config
-    conv = {2: nn.Conv2d, 3: nn.Conv3d}[int(config["spatial_dims"])]
-    model = nn.Sequential(net, conv(int(config["model_args"]["out_channels"]), num_classes, 1))
-    model.rasd_config = config
-    return model
 
 
 def encoder_parameters(model) -> list:
@@ -284,14 +273,12 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
     device = resolve_device(config.device)
     num_classes = dataset.num_classes
     torch.manual_seed(seed)
-    one_by_one = config.new_head == "1x1"
-    built = build_model(model_name, init, num_classes=None if one_by_one else num_classes,
-                        in_chans=dataset.num_channels)
+    built = build_model(model_name, init, num_classes=num_classes, in_chans=dataset.num_channels,
+                        new_head=config.new_head)
     encoder = encoder_parameters(built.model)
-    network = with_class_head(built.model, num_classes) if one_by_one else built.model
     intensity = fit_input_path(dataset, train, built.normalization)
     normalize = intensity.normalization
-    model = intensity.network(network).to(device)
+    model = intensity.network(built.model).to(device)
     data_dims = train[0].label.ndim
     check_dimensionality(model_name, int(model.rasd_config["spatial_dims"]), dataset, data_dims)
     divisor = int(model.rasd_config["input_divisor"])

@@ -52,16 +52,22 @@ def _comparable_args(config: dict) -> dict:
 
 
 def build_model(model_name: str, init: str, num_classes: int | None, in_chans: int,
-                head: str | None = None) -> BuiltModel:
+                head: str | None = None, new_head: str = "1x1") -> BuiltModel:
     """The network for ``init`` with ``num_classes`` outputs (``None`` keeps the weights' own
     output layer, as the probe needs) and ``in_chans`` inputs; ``head="classifier"`` puts global
-    pooling and a linear layer on the encoder instead. The caller seeds torch first."""
+    pooling and a linear layer on the encoder instead. ``new_head``: ``1x1`` is rasd_hub's
+    ``num_classes`` (every layer kept, a 1x1 class head added), ``top-block`` re-initialises the
+    network's output block with one channel per class instead (the study's round-1 baseline).
+    The caller seeds torch first."""
     import rasd_hub
 
+    classes: dict[str, Any] = {"num_classes": num_classes}
+    if new_head == "top-block" and num_classes is not None and head is None:
+        classes = {"out_channels": num_classes}
     try:
         arch, arch_source = rasd_hub.resolve_weights(model_name, False, need_weights=False)
-        twin = rasd_hub.create_model(model_name, pretrained=False, num_classes=num_classes,
-                                     in_chans=in_chans, head=head)
+        twin = rasd_hub.create_model(model_name, pretrained=False, in_chans=in_chans, head=head,
+                                     **classes)
     except RasdError as err:
         _reword(err, f"--model {model_name!r}", "Give an architecture from `rasd hub list` "
                 "(e.g. rasd2d_small), a weights folder or hf-hub:ORG/REPO.")
@@ -72,8 +78,8 @@ def build_model(model_name: str, init: str, num_classes: int | None, in_chans: i
         return BuiltModel(twin, dict(normalization), SCRATCH)
     name, pretrained = _weights_name(arch, init)
     try:
-        model = rasd_hub.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                                      in_chans=in_chans, head=head)
+        model = rasd_hub.create_model(name, pretrained=pretrained, in_chans=in_chans, head=head,
+                                      **classes)
     except RasdError as err:
         _reword(err, f"--init {init!r}", "--init takes 'scratch', a tag from `rasd hub list`, "
                 "hf-hub:ORG/REPO@REV or a weights folder (rasd_hub.save_pretrained / "

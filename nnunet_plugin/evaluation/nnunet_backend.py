@@ -161,13 +161,14 @@ def _plans(preprocessed: Path, name: str) -> dict:
     return json.loads((preprocessed / f"{name}.json").read_text())
 
 
-def _check_one_network(preprocessed: Path, plans: dict[str, str], configuration: str, model: str) -> None:
+def _check_one_network(preprocessed: Path, plans: dict[str, str], configuration: str, model: str,
+                       num_classes: int) -> None:
     """Every init must train ``model``'s network with its arguments (only the weights differ)."""
     import rasd_hub
 
     from nnunet_plugin.network import comparable_model_args
 
-    config = rasd_hub.create_model(model, pretrained=False).rasd_config
+    config = rasd_hub.create_model(model, pretrained=False, num_classes=num_classes).rasd_config
     expected = config["architecture"], comparable_model_args(config["model_args"])
     for init, name in plans.items():
         kwargs = _plans(preprocessed, name)["configurations"][configuration]["architecture"]["arch_kwargs"]
@@ -233,7 +234,7 @@ def run_comparison_nnunet(dataset: RawDataset, split: Split, model: str, inits: 
         recipe.plans[init] = plans_name(weights)
         if not (preprocessed / f"{recipe.plans[init]}.json").is_file():
             rasd_plan(DATASET_ID, env, weights, "-c", configuration, "--plans-name", recipe.plans[init])
-    _check_one_network(preprocessed, recipe.plans, configuration, model)
+    _check_one_network(preprocessed, recipe.plans, configuration, model, dataset.num_classes)
     # fold s trains seed s; every fold trains (and validates) on all training cases
     write_splits_final(preprocessed, [{"train": split.train, "val": split.train}] * (max(seeds) + 1))
 

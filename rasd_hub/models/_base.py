@@ -149,8 +149,8 @@ class RasdModelMixin:
         self._new_head(num_classes).to(device)
         self.model_args["out_channels"] = num_classes
         self.pretrained_cfg = dataclasses.replace(
-            self.pretrained_cfg, num_classes=num_classes,
-            model_args=dict(self.pretrained_cfg.model_args, out_channels=num_classes))
+            self.pretrained_cfg, num_classes=num_classes, classifier=self.head_prefix,
+            model_args=canonical_args(self.model_args))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The deepest encoder map (unpooled), what a classification head pools."""

@@ -43,10 +43,16 @@ class RasdUNet(RasdModelMixin, UNet):
         upsample: ``transposed`` (MONAI's transposed convolution, the released layout),
             ``nearest`` or ``linear`` (interpolation by the stride, then a stride-1 convolution:
             no checkerboard texture; other state-dict keys, so other weights).
+        head_channels: set, the top up-sampling block outputs this many channels (the
+            embedding) and a 1x1 convolution ``head`` maps them to ``out_channels`` classes: what
+            ``create_model(..., num_classes=N)`` builds, so fine-tuning keeps every pre-trained
+            layer. None (the released layout, pre-training): the top block outputs
+            ``out_channels`` itself.
         **kwargs: any other :class:`~monai.networks.nets.UNet` argument (JSON values only).
     """
 
-    #: The top up-sampling block of MONAI's UNet ends in the output channels: the "head".
+    #: Without ``head_channels`` the top up-sampling block of MONAI's UNet ends in the output
+    #: channels: it is the "head" (an instance with a 1x1 head says ``"head"``).
     head_prefix = "model.2"
 
     def __init__(
@@ -61,6 +67,7 @@ class RasdUNet(RasdModelMixin, UNet):
         norm: str | Sequence = "batch",
         dropout: float = 0.0,
         upsample: str = "transposed",
+        head_channels: int | None = None,
         **kwargs: Any,
     ) -> None:
         if upsample not in UPSAMPLE:
@@ -69,17 +76,24 @@ class RasdUNet(RasdModelMixin, UNet):
         act = tuple(act) if isinstance(act, list) else act  # MONAI wants tuples, JSON gives lists
         norm = tuple(norm) if isinstance(norm, list) else norm
         super().__init__(
-            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+            spatial_dims=spatial_dims, in_channels=in_channels,
+            out_channels=out_channels if head_channels is None else head_channels,
             channels=channels, strides=strides, num_res_units=num_res_units, act=act, norm=norm,
             dropout=dropout, **kwargs,
         )
+        self.head: nn.Module | None = None
+        if head_channels is not None:
+            self._new_head(out_channels, head_channels)
         self.model_args = dict(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
             channels=list(channels), strides=list(strides), num_res_units=num_res_units, act=act,
             norm=norm, dropout=dropout, **kwargs,
         )
-        if upsample != "transposed":  # absent by default: configs of the released layout unchanged
+        # absent by default: configs of the released layout unchanged
+        if upsample != "transposed":
             self.model_args["upsample"] = upsample
+        if head_channels is not None:
+            self.model_args["head_channels"] = head_channels
         self.spatial_dims = spatial_dims
         self.input_divisor = math.prod(int(s) for s in strides)
         self.grad_checkpointing = False
@@ -136,12 +150,17 @@ class RasdUNet(RasdModelMixin, UNet):
                                        last_conv_only=is_top, **common))
         return nn.Sequential(*layers)
 
-    def _new_head(self, num_classes: int) -> nn.Module:
-        top = self.model[2]
-        convs = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-        upc = next(m for m in top.modules() if isinstance(m, convs)).in_channels
-        self.model[2] = self._get_up_layer(upc, num_classes, self.model_args["strides"][0], True)
-        return self.model[2]
+    def _new_head(self, num_classes: int, head_channels: int | None = None) -> nn.Module:
+        """A fresh 1x1 convolution to ``num_classes`` on the top block's output, which is kept
+        (timm's ``reset_classifier``: the features stay, the classifier is new). A network
+        without a head gets one on its ``out_channels``-wide output."""
+        if head_channels is None:
+            head_channels = self.model_args.get("head_channels", self.model_args["out_channels"])
+        self.head = (nn.Conv2d, nn.Conv3d)[self.dimensions - 2](head_channels, num_classes, 1)
+        self.head_prefix = "head"
+        if hasattr(self, "model_args"):  # not yet while __init__ runs
+            self.model_args["head_channels"] = head_channels
+        return self.head
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each down/up block's activations in the backward pass (when training).
@@ -161,16 +180,17 @@ class RasdUNet(RasdModelMixin, UNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.grad_checkpointing and torch.is_grad_enabled() and self.training):
-            return self.model(x)
-        levels, bottom = self._levels()
-        skips = []
-        for down, _ in levels:
-            x = checkpoint(down, x, use_reentrant=False)
-            skips.append(x)
-        x = checkpoint(bottom, x, use_reentrant=False)
-        for (_, up), skip in zip(reversed(levels), reversed(skips)):
-            x = checkpoint(up, torch.cat([skip, x], dim=1), use_reentrant=False)
-        return x
+            x = self.model(x)
+        else:
+            levels, bottom = self._levels()
+            skips = []
+            for down, _ in levels:
+                x = checkpoint(down, x, use_reentrant=False)
+                skips.append(x)
+            x = checkpoint(bottom, x, use_reentrant=False)
+            for (_, up), skip in zip(reversed(levels), reversed(skips)):
+                x = checkpoint(up, torch.cat([skip, x], dim=1), use_reentrant=False)
+        return x if self.head is None else self.head(x)
 
 
 class RasdUNetEncoder(RasdUNet):
@@ -192,6 +212,9 @@ class RasdUNetEncoder(RasdUNet):
             self.dropped_prefixes += (prefix + ".2.",)
             prefix += ".1.submodule"
             node = node[1].submodule
+        if self.head is not None:
+            self.head = None
+            self.dropped_prefixes += ("head.",)
         self.feature_info = FeatureInfo(self.encoder_info())
         self.out_indices = list(range(len(self.feature_info)))
 
@@ -200,9 +223,15 @@ class RasdUNetEncoder(RasdUNet):
         return [feats[i] for i in self.out_indices]
 
 
-def _unet(name: str, defaults: dict, features_only: bool, out_indices, kwargs: dict) -> RasdUNet:
+def _unet(name: str, defaults: dict, features_only: bool, out_indices, num_classes: int | None,
+          kwargs: dict) -> RasdUNet:
     args = dict(defaults)
     args.update(kwargs)
+    if num_classes is not None:
+        # a class head on the embedding: every layer of the (pre-trained) network is kept
+        if args.get("head_channels") is None:
+            args["head_channels"] = args["out_channels"]
+        args["out_channels"] = num_classes
     cls = RasdUNetEncoder if features_only else RasdUNet
     return finalize(cls(**args), name, features_only, out_indices)
 
@@ -226,7 +255,7 @@ def _unet_params(args: dict) -> int:
     k = int(args.get("kernel_size", 3)) ** dims
     units = max(1, int(args.get("num_res_units", 0)))
     chans = [int(args.get("in_channels", 1)), *map(int, args.get("channels", ())),
-             int(args.get("out_channels", 32))]
+             int(args.get("head_channels") or args.get("out_channels", 32))]
     total = 0
     for a, b in zip(chans[:-1], chans[1:]):
         total += k * (a * b + (units - 1) * b * b) * 2  # down and up paths
@@ -248,6 +277,7 @@ UNET_SCHEMA = {
         "up_kernel_size": ArgSpec("int", low=1, high=7),
         "bias": ArgSpec("bool"),
         "upsample": ArgSpec("str", choices=UPSAMPLE),
+        "head_channels": ArgSpec("int", low=1, high=65536),
         "adn_ordering": ArgSpec("str", choices=("nda", "nad", "dna", "dan", "and", "adn", "na", "an",
                                                 "nd", "dn", "ad", "da", "n", "a", "d", "")),
     },
@@ -276,18 +306,20 @@ _SOURCE_SMALL = "MONAI UNet; rasd-hub's CPU-sized variant (no released counterpa
     released_checkpoint="RaSE_2D.pth",
     description="RaSD-2D: MONAI residual UNet 64-1024 ch, batch norm, 32-ch embedding",
 )
-def rasd2d(features_only: bool = False, out_indices=None, **kwargs: Any) -> RasdUNet:
+def rasd2d(features_only: bool = False, out_indices=None, num_classes: int | None = None,
+           **kwargs: Any) -> RasdUNet:
     """RaSD-2D UNet (``RaSE_2D.pth`` layout): channels 64..1024, 4 residual units, batch norm."""
-    return _unet("rasd2d", _RASD2D, features_only, out_indices, kwargs)
+    return _unet("rasd2d", _RASD2D, features_only, out_indices, num_classes, kwargs)
 
 
 @register_model(
     args_schema=UNET_SCHEMA, spatial_dims=2, num_params=1_643_024, input_divisor=16, input_size=(1, 128, 128), source=_SOURCE_SMALL,
     description="small 2D UNet 16-256 ch, instance norm: pre-trains on a CPU in minutes",
 )
-def rasd2d_small(features_only: bool = False, out_indices=None, **kwargs: Any) -> RasdUNet:
+def rasd2d_small(features_only: bool = False, out_indices=None, num_classes: int | None = None,
+                 **kwargs: Any) -> RasdUNet:
     """Small RaSD 2D UNet: channels 16..256, 2 residual units, instance norm (CPU-friendly)."""
-    return _unet("rasd2d_small", _RASD2D_SMALL, features_only, out_indices, kwargs)
+    return _unet("rasd2d_small", _RASD2D_SMALL, features_only, out_indices, num_classes, kwargs)
 
 
 @register_model(
@@ -296,6 +328,7 @@ def rasd2d_small(features_only: bool = False, out_indices=None, **kwargs: Any) -
     notes="a 3D UNet rather than a small Swin UNETR: at equal parameter count it ran ~5x faster "
           "per step on a 2-core CPU",
 )
-def rasd3d_small(features_only: bool = False, out_indices=None, **kwargs: Any) -> RasdUNet:
+def rasd3d_small(features_only: bool = False, out_indices=None, num_classes: int | None = None,
+                 **kwargs: Any) -> RasdUNet:
     """Small RaSD 3D UNet: channels 8..128, 2 residual units, instance norm (CPU-friendly)."""
-    return _unet("rasd3d_small", _RASD3D_SMALL, features_only, out_indices, kwargs)
+    return _unet("rasd3d_small", _RASD3D_SMALL, features_only, out_indices, num_classes, kwargs)
