@@ -72,8 +72,8 @@ def test_timm_create_model_loads_through_rasd_hubs_verified_path():
     from safetensors.torch import load_file
 
     model = timm.create_model("rasd2d_small", pretrained=True, num_classes=3, in_chans=2)
-    cfg = rasd_hub.model_info("rasd2d_small.synth10k_cpu")["weights"][0]
-    assert model.pretrained_cfg.source.startswith("rasd2d_small.synth10k_cpu")
+    cfg = rasd_hub.model_info("rasd2d_small.v2_synth10k_cpu")["weights"][0]
+    assert model.pretrained_cfg.source.startswith("rasd2d_small.v2_synth10k_cpu")
     assert model.pretrained_cfg.sha256["model.safetensors"] == cfg["sha256"]["model.safetensors"]
     assert model.num_classes == 3 and model.pretrained_cfg.in_chans == 2
     assert model.load_report.reinitialized and model.load_report.adapted
