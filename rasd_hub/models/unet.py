@@ -82,8 +82,6 @@ class RasdUNet(RasdModelMixin, UNet):
             dropout=dropout, **kwargs,
         )
         self.head: nn.Module | None = None
-        if head_channels is not None:
-            self._new_head(out_channels, head_channels)
         self.model_args = dict(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
             channels=list(channels), strides=list(strides), num_res_units=num_res_units, act=act,
@@ -93,7 +91,7 @@ class RasdUNet(RasdModelMixin, UNet):
         if upsample != "transposed":
             self.model_args["upsample"] = upsample
         if head_channels is not None:
-            self.model_args["head_channels"] = head_channels
+            self._new_head(out_channels, head_channels)
         self.spatial_dims = spatial_dims
         self.input_divisor = math.prod(int(s) for s in strides)
         self.grad_checkpointing = False
@@ -158,8 +156,7 @@ class RasdUNet(RasdModelMixin, UNet):
             head_channels = self.model_args.get("head_channels", self.model_args["out_channels"])
         self.head = (nn.Conv2d, nn.Conv3d)[self.dimensions - 2](head_channels, num_classes, 1)
         self.head_prefix = "head"
-        if hasattr(self, "model_args"):  # not yet while __init__ runs
-            self.model_args["head_channels"] = head_channels
+        self.model_args["head_channels"] = head_channels
         return self.head
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
