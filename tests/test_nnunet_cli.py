@@ -183,8 +183,10 @@ def test_model_zip_installs_and_predicts_elsewhere(nuclei, tmp_path):
 @pytest.mark.slow
 def test_continue_after_a_kill_ends_bit_identical_to_an_uninterrupted_run(nuclei, tmp_path):
     """kill -9 after the first epoch's checkpoint, then --c: the same final weights as one
-    uninterrupted run (CPU, nnUNet_n_proc_DA=0: the trainer seeds every epoch)."""
-    env = nuclei["env"]
+    uninterrupted run (CPU, nnUNet_n_proc_DA=0: the trainer seeds every epoch). One thread per
+    process: with two, a run on a busy machine once ended with last-bit differences (a math
+    library may choose its thread count by load, which changes the order of its sums)."""
+    env = dict(nuclei["env"], OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     reference = dict(env, nnUNet_results=str(tmp_path / "reference"))
     _train(NUCLEI, 3, reference)
     fold = nuclei["model"] / "fold_3"
