@@ -1,0 +1,73 @@
+"""Issue 12's final table (test cases) from the `rasd eval compare --out` reports in a folder, and
+the issue's target checked on the in-process rows. Usage: python summarise.py REPORT_DIR
+
+A seed "loses a class" when that class scores below 0.1 Dice in the seed while scratch finds it
+(scratch's mean Dice for the class over the seeds is 0.3 or more)."""
+
+import json
+import sys
+from pathlib import Path
+
+from nnunet_plugin.evaluation.stats import mean_ci, paired_test
+
+NAMES = {"Dataset501_LiverCT2D": "CT liver + tumour 2D", "Dataset503_MNIBrain2D": "MR brain GM/WM 2D",
+         "Dataset504_Nuclei2D": "nuclei 2D", "Dataset505_Nuclei3D": "nuclei 3D",
+         "Dataset502_LiverCT3D": "CT liver + tumour 3D"}
+ORDER = {"all": 0, "3": 1, "1": 2}
+SHORT = {"rasd2d_small.synth10k_cpu": "v1", "rasd2d_small.v2_synth10k_cpu": "v2",
+         "rasd3d_small.synth2300_h200": "3D weights"}
+
+
+def lost_classes(report: dict, init: str) -> list[str]:
+    runs = {r["seed"]: r for r in report["inits"]["scratch"]["runs"]}
+    found = [c for c in report["classes"]
+             if sum(r["per_class"][c] for r in runs.values()) / len(runs) >= 0.3]
+    return [f"{c} (seed {r['seed']})" for r in report["inits"][init]["runs"] for c in found
+            if r["per_class"][c] < 0.1]
+
+
+def cell(values: list[float]) -> str:
+    ci = mean_ci(values)
+    return f"{ci.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}]"
+
+
+reports = []
+for path in Path(sys.argv[1]).glob("*.json"):
+    report = json.loads(path.read_text())
+    regime = path.stem.rsplit("_", 1)[1]
+    reports.append((list(NAMES).index(Path(report["dataset"]).name), ORDER[regime],
+                    report["config"].get("backend") == "nnunet", report))
+reports.sort(key=lambda r: r[:3])
+
+print("| dataset | path | train / test | scratch | init | RaSD | Δ | Δ > 0 (seeds) | p | per class: scratch → RaSD | seeds losing a class |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+verdicts = []
+for *_, report in reports:
+    inits, split = report["inits"], report["split"]
+    a = inits["scratch"]["per_seed_mean_dice"]
+    for init in (k for k in inits if k != "scratch"):
+        b = inits[init]["per_seed_mean_dice"]
+        assert len(a) == len(b) == len(report["seeds"])
+        delta = sum(b) / len(b) - sum(a) / len(a)
+        test = paired_test(a, b)
+        lost = lost_classes(report, init)
+        per_class = " / ".join(f"{inits['scratch']['per_class'][c]['mean']:.2f}→"
+                               f"{inits[init]['per_class'][c]['mean']:.2f}" for c in report["classes"])
+        name = NAMES[Path(report["dataset"]).name]
+        path = ("nnU-Net " + report["config"]["trainer"] if report["config"].get("backend") == "nnunet"
+                else "in-process")
+        print(f"| {name} | {path} | {len(split['train'])} / {len(split['test'])} | {cell(a)} | {SHORT.get(init, init)} | "
+              f"{cell(b)} | {delta:+.3f} | {sum(y > x for x, y in zip(a, b))}/{len(a)} | "
+              f"{test.p_value:.2g} | {per_class} | {', '.join(lost) or 'none'} |")
+        verdicts.append((name, len(split["train"]), init, delta, test.p_value, lost, path))
+
+print()
+newest = {"2D": "rasd2d_small.v2_synth10k_cpu", "3D": "rasd3d_small.synth2300_h200"}
+for dim, init in newest.items():
+    rows = [v for v in verdicts if v[0].endswith(dim) and v[2] == init and v[6] == "in-process"]
+    few = [v for v in rows if v[1] <= 3]
+    print(f"{dim} ({init}): few-shot regimes with Δ >= +0.02: "
+          f"{sum(v[3] >= 0.02 for v in few)}/{len(few)}; regimes below -0.01: "
+          f"{sum(v[3] < -0.01 for v in rows)}/{len(rows)}; p < 0.05: "
+          f"{sum(v[4] is not None and v[4] < 0.05 for v in rows)}/{len(rows)}; "
+          f"regimes with a seed losing a class: {sum(bool(v[5]) for v in rows)}/{len(rows)}")
