@@ -8,8 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-from nnunet_plugin.evaluation.stats import mean_ci, paired_test
-
 NAMES = {"Dataset501_LiverCT2D": "CT liver + tumour 2D", "Dataset503_MNIBrain2D": "MR brain GM/WM 2D",
          "Dataset504_Nuclei2D": "nuclei 2D", "Dataset505_Nuclei3D": "nuclei 3D",
          "Dataset502_LiverCT3D": "CT liver + tumour 3D"}
@@ -26,40 +24,40 @@ def lost_classes(report: dict, init: str) -> list[str]:
             if r["per_class"][c] < 0.1]
 
 
-def cell(values: list[float]) -> str:
-    ci = mean_ci(values)
-    return f"{ci.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}]"
+def cell(summary: dict) -> str:
+    """An init's mean Dice and t 95 % CI over seeds, as the report stores them."""
+    low, high = summary["ci95"]
+    return f"{summary['mean']:.3f} [{low:.3f}, {high:.3f}]"
 
 
 reports = []
 for path in Path(sys.argv[1]).glob("*.json"):
     report = json.loads(path.read_text())
     regime = path.stem.rsplit("_", 1)[1]
-    reports.append((list(NAMES).index(Path(report["dataset"]).name), ORDER[regime],
-                    report["config"].get("backend") == "nnunet", report))
+    nnunet = report["config"].get("backend") == "nnunet"
+    path_name = "nnU-Net " + report["config"]["trainer"] if nnunet else "in-process"
+    reports.append((list(NAMES).index(Path(report["dataset"]).name), ORDER[regime], nnunet, path_name,
+                    report))
 reports.sort(key=lambda r: r[:3])
 
 print("| dataset | path | train / test | scratch | init | RaSD | Δ | Δ > 0 (seeds) | p | per class: scratch → RaSD | seeds losing a class |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 verdicts = []
-for *_, report in reports:
+for *_, path, report in reports:
     inits, split = report["inits"], report["split"]
     a = inits["scratch"]["per_seed_mean_dice"]
-    for init in (k for k in inits if k != "scratch"):
+    for pair in report["pairs"]:  # each init paired with scratch over seeds by `rasd eval compare`
+        assert pair["reference"] == "scratch"
+        init, delta, p_value = pair["init"], pair["mean_difference"], pair["p_value"]
         b = inits[init]["per_seed_mean_dice"]
-        assert len(a) == len(b) == len(report["seeds"])
-        delta = sum(b) / len(b) - sum(a) / len(a)
-        test = paired_test(a, b)
         lost = lost_classes(report, init)
         per_class = " / ".join(f"{inits['scratch']['per_class'][c]['mean']:.2f}→"
                                f"{inits[init]['per_class'][c]['mean']:.2f}" for c in report["classes"])
         name = NAMES[Path(report["dataset"]).name]
-        path = ("nnU-Net " + report["config"]["trainer"] if report["config"].get("backend") == "nnunet"
-                else "in-process")
-        print(f"| {name} | {path} | {len(split['train'])} / {len(split['test'])} | {cell(a)} | {SHORT.get(init, init)} | "
-              f"{cell(b)} | {delta:+.3f} | {sum(y > x for x, y in zip(a, b))}/{len(a)} | "
-              f"{test.p_value:.2g} | {per_class} | {', '.join(lost) or 'none'} |")
-        verdicts.append((name, len(split["train"]), init, delta, test.p_value, lost, path))
+        print(f"| {name} | {path} | {len(split['train'])} / {len(split['test'])} | {cell(inits['scratch'])} | {SHORT.get(init, init)} | "
+              f"{cell(inits[init])} | {delta:+.3f} | {sum(y > x for x, y in zip(a, b))}/{len(a)} | "
+              f"{p_value:.2g} | {per_class} | {', '.join(lost) or 'none'} |")
+        verdicts.append((name, len(split["train"]), init, delta, p_value, lost, path))
 
 print()
 newest = {"2D": "rasd2d_small.v2_synth10k_cpu", "3D": "rasd3d_small.synth2300_h200"}
