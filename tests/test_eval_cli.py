@@ -131,12 +131,14 @@ def test_table_summarises_saved_reports(capsys, synthetic, weights_dir, tmp_path
     report = _run_json(capsys, ["eval", "compare", "--data", str(synthetic), "--model", "rasd2d_small",
                                 "--init", "scratch", "--init", str(weights_dir), "--seeds", "1",
                                 *STEPS, "--evaluate-on", "validation", "--warmup-steps", "1",
-                                "--encoder-lr-scale", "0.5", "--out", str(study)])
+                                "--encoder-lr-scale", "0.5", "--precision", "bf16", "--out", str(study)])
     assert report["split"]["evaluated_on"] == "validation" and report["config"]["warmup_steps"] == 1
+    assert report["config"]["precision"] == "bf16"
     assert report["split"]["test"] == ["syn_002"]  # carved from the 4 training cases, not the test cases
     assert main(["eval", "table", str(study)]) == 0
     cells = [c.strip() for c in capsys.readouterr().out.splitlines()[2].strip("|").split("|")]
-    assert cells[1] == "2 steps warmup_steps=1 encoder_lr_scale=0.5" and cells[2] == "3 / 1 (validation)"
+    assert cells[1] == "2 steps warmup_steps=1 encoder_lr_scale=0.5 precision=bf16"
+    assert cells[2] == "3 / 1 (validation)"
     err = _error(capsys, ["eval", "compare", "--data", str(synthetic), "--model", "rasd2d_small",
                           "--init", "scratch", "--backend", "nnunet", "--work", str(tmp_path / "w"),
                           "--freeze-encoder-steps", "3"])

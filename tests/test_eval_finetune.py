@@ -62,7 +62,8 @@ def test_recipe_schedule_and_bad_values():
     assert finetune.FinetuneConfig(steps=10).lr_factor(0) == 1.0  # no warm-up: the old poly
     assert config.recipe()["warmup_steps"] == 4
     for bad, match in (({"warmup_steps": 10}, "--warmup-steps"), ({"freeze_encoder_steps": 11}, "--freeze"),
-                       ({"encoder_lr_scale": 0}, "--encoder-lr-scale"), ({"new_head": "mlp"}, "--new-head")):
+                       ({"encoder_lr_scale": 0}, "--encoder-lr-scale"), ({"new_head": "mlp"}, "--new-head"),
+                       ({"precision": "fp16"}, "--precision")):
         with pytest.raises(finetune.RasdValueError, match=match):
             finetune.FinetuneConfig(steps=10, **bad)
 
@@ -122,3 +123,20 @@ def test_default_1x1_head_keeps_the_pretrained_output_block(small_run):
     small_run(new_head="top-block")  # re-initialises that block with one output per class
     assert not any(v.shape == small_run.weights[k].shape and torch.equal(v, small_run.weights[k])
                    for k, v in small_run.top_block().items() if k.endswith("weight"))
+
+
+def test_bf16_autocast_trains_and_scores_in_bfloat16(small_run, monkeypatch):
+    import torch.nn.functional as F
+
+    dtypes = []
+    cross_entropy = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda logits, *a, **k: (
+        dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None),
+        cross_entropy(logits, *a, **k))[1])
+    *_, fp32 = small_run()
+    assert dtypes == [None, None]
+    dtypes.clear()
+    *_, bf16 = small_run(precision="bf16")
+    assert dtypes == [torch.bfloat16, torch.bfloat16]  # both steps ran under autocast
+    assert np.isfinite(bf16.final_loss) and 0 <= bf16.mean_dice <= 1
+    assert bf16.final_loss != fp32.final_loss  # the same patches and weights, other arithmetic

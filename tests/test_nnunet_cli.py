@@ -36,6 +36,7 @@ SHORT_TRAINER = "RaSDTrainerSmall_20epochs_cpu"
 RESENC_TRAINER = SHORT_TRAINER  # the pipeline check: AdamW 1e-3 (SGD 1e-3 reached 0.66 in 240 iterations)
 RESENC_3D_TAG = "rasd3d_resenc_small.synth2000_cpu"
 NUCLEI = 506
+BLOCK_3D = (64, 32, 32)
 OTHER_NORMALIZATION = {"method": "minmax", "range": [0.0, 1.0], "mean": 0.4, "std": 0.3}
 
 
@@ -46,10 +47,32 @@ def _train(dataset_id, fold, env, *extra, trainer=SMOKE_TRAINER, configuration="
 
 
 def _predict(dataset_id, env, images, out, folds=("0",), trainer=SMOKE_TRAINER, configuration="2d",
-             plans="RaSDPlans"):
+             plans="RaSDPlans", mirroring=True):
+    """``mirroring=False`` (nnU-Net's --disable_tta) for plumbing checks: in 3D the mirrored
+    test-time augmentation runs the network 8 times per window."""
     return run_nnunet(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id),
                        "-c", configuration, "-f", *folds, "-p", plans, "-tr", trainer,
-                       "-device", "cpu", "--disable_progress_bar", "-npp", "1", "-nps", "1"], env)
+                       "-device", "cpu", "--disable_progress_bar", "-npp", "1", "-nps", "1",
+                       *([] if mirroring else ["--disable_tta"])], env)
+
+
+@pytest.fixture(scope="module")
+def liver_ct_2d(tmp_path_factory):
+    """The 2D liver slices (dataset 501), preprocessed once for every plans the tests add."""
+    env = nnunet_environment(tmp_path_factory.mktemp("liver2d") / "nnunet")
+    raw = build_liver_ct_2d(env["nnUNet_raw"], 501, size=64, merge_tumour=True)
+    plan_and_preprocess(501, env)
+    return env, raw
+
+
+@pytest.fixture(scope="module")
+def liver_ct_blocks(tmp_path_factory):
+    """The real CT as 64x32x32 blocks that are at least 40 % liver (dataset 502: 10 training
+    cases, 1 test case, a quarter of a 64^3 block's compute per patch), preprocessed once."""
+    env = nnunet_environment(tmp_path_factory.mktemp("liver3d") / "nnunet")
+    raw = build_liver_ct_3d(env["nnUNet_raw"], 502, block=BLOCK_3D, min_liver=0.4, test_every=8)
+    plan_and_preprocess(502, env, configurations=("3d_fullres",), verify=False)
+    return env, raw
 
 
 def _read(path) -> np.ndarray:
@@ -142,15 +165,15 @@ def test_from_scratch_twin_trains_the_same_plans_with_the_same_mapping(nuclei):
 def test_validation_only_needs_no_weights_and_keeps_the_folds_mapping(nuclei):
     """--val / --val_best restore nnU-Net's checkpoint; RASD_WEIGHTS neither needs to be set nor,
     when set to other weights, changes the mapping."""
-    env, fold = nuclei["env"], nuclei["model"] / "fold_1"
+    env, fold = nuclei["env"], nuclei["model"] / "fold_1"  # fold 1 trained on other weights
     before = {p.name: _read(p) for p in (fold / "validation").glob("*.nii.gz")}
     assert before
-    for extra_env in ({}, {"RASD_WEIGHTS": "rasd2d_small"}):
-        shutil.rmtree(fold / "validation")
-        _train(NUCLEI, 1, dict(env, **extra_env), "--val")
-        after = {p.name: _read(p) for p in (fold / "validation").glob("*.nii.gz")}
-        assert after.keys() == before.keys()
-        assert all(np.array_equal(after[k], before[k]) for k in before)
+    shutil.rmtree(fold / "validation")
+    _train(NUCLEI, 1, dict(env, RASD_WEIGHTS="rasd2d_small"), "--val")
+    after = {p.name: _read(p) for p in (fold / "validation").glob("*.nii.gz")}
+    assert after.keys() == before.keys()
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    assert "RASD_WEIGHTS" not in env
     _train(NUCLEI, 1, env, "--val", "--val_best")
     assert (fold / "validation" / "summary.json").is_file()
 
@@ -228,7 +251,7 @@ def test_bad_weights_or_plans_end_with_one_clear_message(nuclei, tmp_path):
     ("rasd2d_small", "RaSDPlans", SHORT_TRAINER),
     ("rasd2d_resenc_small", "RaSDResEncPlans", RESENC_TRAINER),
 ])
-def test_liver_ct_end_to_end_dice_above_floor(tmp_path, weights, plans, trainer):
+def test_liver_ct_end_to_end_dice_above_floor(liver_ct_2d, tmp_path, weights, plans, trainer):
     """Real data: axial slices of a LiTS CT (64x64, liver incl. tumour vs rest), fetched from the
     package index, planned, trained for 240 iterations on the CPU from the shipped rasd2d_small
     weights, predicted on held-out slices.
@@ -240,9 +263,7 @@ def test_liver_ct_end_to_end_dice_above_floor(tmp_path, weights, plans, trainer)
     does not learn stays far below (a run at peak lr 3e-4 instead of 1e-3 ended at 0.02).
     """
     started = time.time()
-    env = nnunet_environment(tmp_path / "nnunet")
-    raw = build_liver_ct_2d(env["nnUNet_raw"], 501, size=64, merge_tumour=True)
-    plan_and_preprocess(501, env)
+    env, raw = liver_ct_2d
     rasd_plan(501, env, weights, "--plans-name", plans)
     _train(501, 0, env, trainer=trainer, plans=plans)
     out = tmp_path / "pred"
@@ -268,20 +289,18 @@ def test_liver_ct_end_to_end_dice_above_floor(tmp_path, weights, plans, trainer)
     ("rasd3d_small", "RaSDPlans", "rasd3d_small.synth2300_h200"),
     ("rasd3d_resenc_small", "RaSDResEncPlans", RESENC_3D_TAG),
 ])
-def test_3d_fullres_on_liver_ct_blocks(tmp_path, weights, plans, tag):
+def test_3d_fullres_on_liver_ct_blocks(liver_ct_blocks, tmp_path, weights, plans, tag):
     """The 3D path (3d_fullres, shipped weights, sliding-window prediction; deep supervision for
-    the ResEnc U-Net) runs end to end on 64^3 blocks of the real CT. Two tiny epochs: this checks
+    the ResEnc U-Net) runs end to end on blocks of the real CT. Two tiny epochs: this checks
     plumbing, not accuracy."""
-    env = nnunet_environment(tmp_path / "nnunet")
-    raw = build_liver_ct_3d(env["nnUNet_raw"], 502, block=64, test_every=8)
-    plan_and_preprocess(502, env, configurations=("3d_fullres",), verify=False)
+    env, raw = liver_ct_blocks
     rasd_plan(502, env, weights, "-c", "3d_fullres", "--plans-name", plans)
     _train(502, 0, env, configuration="3d_fullres", plans=plans)
     out = tmp_path / "pred"
-    _predict(502, env, raw / "imagesTs", out, configuration="3d_fullres", plans=plans)
+    _predict(502, env, raw / "imagesTs", out, configuration="3d_fullres", plans=plans, mirroring=False)
     (ref_path,) = sorted((raw / "labelsTs").glob("*.nii.gz"))
     pred = _read(out / ref_path.name)
-    assert pred.shape == _read(ref_path).shape == (64, 64, 64)
+    assert pred.shape == _read(ref_path).shape == BLOCK_3D
     assert set(np.unique(pred)) <= {0, 1, 2}
     fold = _model_dir(env, raw.name, configuration="3d_fullres", plans=plans) / "fold_0"
     assert f"RaSD: loaded {tag}" in _log(fold)
@@ -305,7 +324,8 @@ def test_rasd_pretrain_resencl_weights_fine_tune_in_nnunet_3d(tmp_path):
     assert model.rasd_config["architecture"] == "rasd3d_resencl"
     assert sum(p.numel() for p in model.parameters()) == 102_373_920
 
-    raw = build_liver_ct_3d(env["nnUNet_raw"], 507, block=64, test_every=8)
+    # 64^3 (ResEnc-L needs 64 voxels a side): 5 training cases, so fold 0 validates one
+    raw = build_liver_ct_3d(env["nnUNet_raw"], 507, block=64, min_liver=0.02, test_every=8)
     plan_and_preprocess(507, env, configurations=("3d_fullres",), verify=False)
     rasd_plan(507, env, export, "-c", "3d_fullres", "--plans-name", "RaSDResEncPlans")
     _train(507, 0, env, configuration="3d_fullres", plans="RaSDResEncPlans")
@@ -322,6 +342,7 @@ def test_rasd_pretrain_resencl_weights_fine_tune_in_nnunet_3d(tmp_path):
         unrelated = (independent[key].float() - pretrained[key].float()).norm()
         assert moved < 0.5 * unrelated, (key, float(moved), float(unrelated))
     out = tmp_path / "pred"
-    _predict(507, env, raw / "imagesTs", out, configuration="3d_fullres", plans="RaSDResEncPlans")
+    _predict(507, env, raw / "imagesTs", out, configuration="3d_fullres", plans="RaSDResEncPlans",
+             mirroring=False)
     (ref_path,) = sorted((raw / "labelsTs").glob("*.nii.gz"))
     assert _read(out / ref_path.name).shape == _read(ref_path).shape == (64, 64, 64)

@@ -15,7 +15,8 @@ The recipe is the same for every init (that is the point of the benchmark), plai
   (+-0.1) change of the nnU-Net-normalised patch, nothing else;
 * optimisation: AdamW (lr 1e-3, weight decay 1e-4), poly decay (nnU-Net's exponent 0.9),
   cross-entropy + soft Dice over the foreground classes, ``steps`` optimiser steps; optional
-  warm-up, frozen-encoder steps, encoder learning-rate scale and 1x1 head (:class:`FinetuneConfig`);
+  warm-up, frozen-encoder steps, encoder learning-rate scale, 1x1 head and bf16 autocast
+  (:class:`FinetuneConfig`);
 * seed ``s`` fixes the head (and, for scratch, all) initial weights and, from its own generator,
   the patch/augmentation stream; the normalised images do not depend on the weights, so seed
   ``s`` of every init sees exactly the same training patches: the pairing the paired test relies
@@ -44,7 +45,7 @@ from nnunet_plugin.evaluation.errors import InitError
 from nnunet_plugin.normalization import InputPath, fit_nnunet_normalization
 from rasd_hub.errors import RasdValueError
 
-__all__ = ["FinetuneConfig", "RunResult", "NEW_HEADS", "encoder_parameters",
+__all__ = ["FinetuneConfig", "RunResult", "NEW_HEADS", "PRECISIONS", "encoder_parameters",
            "load_split_cases", "finetune_and_evaluate", "auto_patch_size", "summarise_cases",
            "check_dimensionality", "fit_input_path", "pad_to_size", "resolve_device"]
 
@@ -54,6 +55,8 @@ FOREGROUND_FRACTION = 1 / 3
 
 #: what fine-tuning puts on the network for the task's classes (``FinetuneConfig.new_head``)
 NEW_HEADS = ("1x1", "top-block")
+#: arithmetic of the forward passes (``FinetuneConfig.precision``); the weights stay float32
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -68,7 +71,9 @@ class FinetuneConfig:
     ``RaSDTrainer`` fine-tunes) keeps every pre-trained layer, the embedding output included,
     and adds a 1x1 convolution to the classes; ``top-block`` re-initialises the network's output
     block with one output per class (the harness's recipe before the study chose ``1x1``).
-    Scratch gets the same architecture either way.
+    Scratch gets the same architecture either way. ``precision="bf16"`` runs training and
+    inference under ``torch.autocast`` with bfloat16 (weights, optimiser and loss reductions stay
+    float32, as in nnU-Net's mixed precision): about 2x faster 3D steps on a CPU with AMX.
     """
 
     steps: int = 200
@@ -81,6 +86,7 @@ class FinetuneConfig:
     freeze_encoder_steps: int = 0
     encoder_lr_scale: float = 1.0
     new_head: str = "1x1"
+    precision: str = "fp32"
 
     def __post_init__(self):
         if self.steps < 1:
@@ -97,6 +103,8 @@ class FinetuneConfig:
                                  "use --freeze-encoder-steps to freeze the encoder")
         if self.new_head not in NEW_HEADS:
             raise RasdValueError(f"--new-head {self.new_head!r}: choose one of {', '.join(NEW_HEADS)}")
+        if self.precision not in PRECISIONS:
+            raise RasdValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
 
     def recipe(self) -> dict[str, Any]:
         """What the report records as its ``config``."""
@@ -104,7 +112,8 @@ class FinetuneConfig:
                 "lr": self.lr, "weight_decay": self.weight_decay,
                 "patch": list(self.patch) if self.patch else "auto",
                 "warmup_steps": self.warmup_steps, "freeze_encoder_steps": self.freeze_encoder_steps,
-                "encoder_lr_scale": self.encoder_lr_scale, "new_head": self.new_head}
+                "encoder_lr_scale": self.encoder_lr_scale, "new_head": self.new_head,
+                "precision": self.precision}
 
     def lr_factor(self, step: int) -> float:
         """The learning-rate multiplier at ``step``: linear warm-up, then poly (exponent 0.9)."""
@@ -293,6 +302,8 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
         [{"params": rest}, {"params": encoder, "lr": config.lr * config.encoder_lr_scale}],
         lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, config.lr_factor)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
+                                      enabled=config.precision == "bf16")
     model.train()
     loss_value = float("nan")
     for step in range(config.steps):
@@ -302,7 +313,8 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
         images, labels = sampler.batch(config.batch_size)
         x = torch.from_numpy(images).to(device)
         y = torch.from_numpy(labels).to(device)
-        loss = _loss(model(x), y, num_classes)
+        with autocast():
+            loss = _loss(model(x).float(), y, num_classes)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -317,7 +329,7 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
     names = dataset.foreground_labels
     per_case: dict[str, dict[str, float]] = {}
     kept: dict[str, np.ndarray] = {}
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for case in test:
             image, _ = pad_to_size(normalize(case.image), None, patch)
             x = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
