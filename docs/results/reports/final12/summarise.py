@@ -35,7 +35,8 @@ for path in Path(sys.argv[1]).glob("*.json"):
     report = json.loads(path.read_text())
     regime = path.stem.rsplit("_", 1)[1]
     nnunet = report["config"].get("backend") == "nnunet"
-    path_name = "nnU-Net " + report["config"]["trainer"] if nnunet else "in-process"
+    path_name = ("nnU-Net " + report["config"]["trainer"] if nnunet else
+                 "in-process" + (" bf16" if report["config"].get("precision") == "bf16" else ""))
     reports.append((list(NAMES).index(Path(report["dataset"]).name), ORDER[regime], nnunet, path_name,
                     report))
 reports.sort(key=lambda r: r[:3])
@@ -62,7 +63,7 @@ for *_, path, report in reports:
 print()
 newest = {"2D": "rasd2d_small.v2_synth10k_cpu", "3D": "rasd3d_small.synth2300_h200"}
 for dim, init in newest.items():
-    rows = [v for v in verdicts if v[0].endswith(dim) and v[2] == init and v[6] == "in-process"]
+    rows = [v for v in verdicts if v[0].endswith(dim) and v[2] == init and v[6].startswith("in-process")]
     few = [v for v in rows if v[1] <= 3]
     print(f"{dim} ({init}): few-shot regimes with Δ >= +0.02: "
           f"{sum(v[3] >= 0.02 for v in few)}/{len(few)}; regimes below -0.01: "
