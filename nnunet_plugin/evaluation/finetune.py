@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
@@ -302,8 +303,8 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
         [{"params": rest}, {"params": encoder, "lr": config.lr * config.encoder_lr_scale}],
         lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, config.lr_factor)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
-                                      enabled=config.precision == "bf16")
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16,
+                       enabled=config.precision == "bf16")
     model.train()
     loss_value = float("nan")
     for step in range(config.steps):
