@@ -149,6 +149,37 @@ def test_table_summarises_saved_reports(capsys, synthetic, weights_dir, tmp_path
     assert "not a readable" in capsys.readouterr().err
 
 
+def test_compare_work_folder_keeps_runs_and_continues(capsys, synthetic, tmp_path, monkeypatch):
+    import nnunet_plugin.evaluation.compare as compare
+
+    trained = []
+    real = compare.finetune_and_evaluate
+
+    def counting(dataset, train, test, model, init, seed, *args, **kwargs):
+        trained.append((init, seed))
+        return real(dataset, train, test, model, init, seed, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "finetune_and_evaluate", counting)
+    work, pics = tmp_path / "work", tmp_path / "pics"
+    argv = ["eval", "compare", "--data", str(synthetic), "--model", "rasd2d_small", "--init", "scratch",
+            "--work", str(work), "--pictures", str(pics), *STEPS]
+    first = _run_json(capsys, argv + ["--seeds", "1"])
+    assert trained == [("scratch", 0)]
+    (record,) = (work / "runs").rglob("seed_0.json")
+    assert sorted(p.name for p in record.parent.iterdir()) == ["seed_0.json", "seed_0.npz"]  # no temporaries
+    panels = {p.name: p.read_bytes() for p in pics.glob("*.png")}
+    assert len(panels) == 2
+    # more seeds with the same --work: seed 0 (and its pictures' predictions) comes from the folder
+    second = _run_json(capsys, argv + ["--seeds", "2"])
+    assert trained == [("scratch", 0), ("scratch", 1)]
+    assert second["inits"]["scratch"]["runs"][0] == first["inits"]["scratch"]["runs"][0]
+    assert {p.name: p.read_bytes() for p in pics.glob("*.png")} == panels
+    # another recipe is another comparison: refused before any training, nothing mixed in
+    err = _error(capsys, argv + ["--seeds", "2", "--steps", "3"])
+    assert "holds another comparison (its config differ)" in err and "new --work" in err
+    assert len(trained) == 2
+
+
 def test_bad_inputs_give_clear_errors(capsys, synthetic, tmp_path):
     base = ["eval", "finetune", "--model", "rasd2d_small", *STEPS]
     err = _error(capsys, base + ["--data", str(tmp_path), "--init", "scratch"])

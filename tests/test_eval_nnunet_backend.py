@@ -14,9 +14,8 @@ import math
 import pytest
 
 from nnunet_plugin.datasets import build_nuclei_tiles, build_synthetic_dataset
-from nnunet_plugin.evaluation.nnunet_backend import (
-    WORK_MANIFEST, run_comparison_nnunet, scratch_twin, twin_name,
-)
+from nnunet_plugin.evaluation.compare import WORK_MANIFEST
+from nnunet_plugin.evaluation.nnunet_backend import run_comparison_nnunet, scratch_twin, twin_name
 from rasd_hub.cli import main
 from rasd_hub.errors import RasdValueError
 
@@ -53,7 +52,7 @@ def test_nnunet_backend_refuses_inprocess_options_and_needs_work(capsys, tmp_pat
     assert not (tmp_path / "w").exists()  # refused before anything was written
     inprocess = base[:-2] + ["--nnunet-trainer", "RaSDTrainerSmall_2epochs_cpu", "--work", str(tmp_path / "w")]
     err = _error(capsys, inprocess)
-    assert "--work, --nnunet-trainer: only --backend nnunet uses them" in err
+    assert "--nnunet-trainer: only --backend nnunet uses it" in err
 
 
 def test_nnunet_backend_refuses_a_work_folder_of_another_comparison(tmp_path):

@@ -27,7 +27,7 @@ RECIPE_OPTIONS = ("steps", "batch_size", "lr", "warmup_steps", "freeze_encoder_s
 INPROCESS_ONLY = tuple((dest, "--" + dest.replace("_", "-"))
                        for dest in (*RECIPE_OPTIONS, "patch", "pictures"))
 #: options only --backend nnunet honours; the in-process loop refuses them
-NNUNET_ONLY = (("work", "--work"), ("nnunet_trainer", "--nnunet-trainer"))
+NNUNET_ONLY = (("nnunet_trainer", "--nnunet-trainer"),)
 
 
 def _train_cases(text: str) -> int | None:
@@ -115,7 +115,8 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     is a two-sided paired t-test over seeds against scratch (or the first init without scratch).
     --backend nnunet trains every run with nnUNetv2_train (the RaSD trainer, its from-scratch twin
     for scratch) and predicts with nnUNetv2_predict: the product path; the trainer and the plans
-    set the budget. Re-running with the same --work continues where it stopped.
+    set the budget. With --work (either backend) every finished run is kept there, and
+    re-running with the same --work continues where it stopped (more seeds or inits too).
     """
     from nnunet_plugin.evaluation.nnunet_backend import DEFAULT_TRAINER
 
@@ -126,8 +127,8 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
                         help="inprocess: this harness's fast loop (default; for ablations); nnunet: "
                         "nnU-Net's own training and inference")
     parser.add_argument("--work", type=Path, default=None, metavar="DIR",
-                        help="--backend nnunet: folder for nnU-Net's data, trained folds, predictions "
-                        "and per-run records (required there)")
+                        help="keep every finished run here and continue from it when run again "
+                        "(required by --backend nnunet: also nnU-Net's data, folds and predictions)")
     parser.add_argument("--nnunet-trainer", default=None, metavar="NAME",
                         help=f"--backend nnunet: the pre-trained inits' trainer (default {DEFAULT_TRAINER}); "
                         "scratch trains its from-scratch twin (NAME with FromScratch after its first part)")
@@ -263,9 +264,10 @@ def _fmt_p(p, digits: int = 4) -> str:
 
 
 def _emit(args, report: dict, text: str) -> None:
+    from rasd_hub._io import write_text_atomic
+
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+        write_text_atomic(args.out, json.dumps(report, indent=2))
     print(json.dumps(report, indent=2) if args.json else text)
 
 
@@ -321,7 +323,7 @@ def _compare(args, inits: list[str]) -> dict:
     dataset, split = _setup(args)
     keep = PICTURE_CASES if args.pictures else 0
     report = run_comparison(dataset, split, args.model, inits, _seeds(args), _config(args),
-                            log=_log(args), keep_predictions=keep)
+                            log=_log(args), keep_predictions=keep, work=getattr(args, "work", None))
     if args.pictures:
         _write_prediction_pictures(args.pictures, dataset, split, report)
     return report.as_dict()

@@ -12,6 +12,12 @@ The report (``Report.as_dict()``, what ``--json`` prints) is one JSON object::
 ``{"backend": "nnunet", "trainer", ...}`` (:mod:`nnunet_plugin.evaluation.nnunet_backend`) or
 ``{"probe": ...}``.
 
+A comparison given a ``work`` folder keeps each finished run there (``runs/INIT/seed_S.json``,
+written atomically, and the predictions ``--pictures`` draws beside it); running it again with
+the same folder takes those and trains only what is missing, so a long table can stop and go on.
+Both backends use it; the folder's ``comparison.json`` holds what it compares, and another
+comparison (dataset, split, model, recipe) is refused rather than mixed in.
+
 Undefined numbers (a CI from one seed, Dice of a class absent everywhere) are ``null``. Pairs
 compare every init with the reference, ``scratch`` when it is among the inits, else the first:
 after fine-tuning with a paired t-test over seeds (seed s trains every init on the same patches);
@@ -21,9 +27,13 @@ one-sample t-test of scratch's per-seed values against that value (``test`` name
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import platform
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from nnunet_plugin.evaluation.data import RawDataset, Split
@@ -41,7 +51,11 @@ class Recipe(Protocol):
 
     def recipe(self) -> dict[str, Any]: ...
 
-__all__ = ["Report", "run_comparison", "reference_init", "check_inits"]
+__all__ = ["Report", "run_comparison", "reference_init", "check_inits", "claim_work", "name_slug",
+           "WORK_MANIFEST"]
+
+#: what a ``work`` folder must match to be continued (anything else is another comparison)
+WORK_MANIFEST = "comparison.json"
 
 
 def check_inits(inits: Sequence[str]) -> None:
@@ -51,6 +65,30 @@ def check_inits(inits: Sequence[str]) -> None:
 
 def reference_init(inits: Sequence[str]) -> str:
     return SCRATCH if SCRATCH in inits else inits[0]
+
+
+def name_slug(name: str) -> str:
+    """A folder-safe name of its own for an init or weights name (readable tail + hash: a path or
+    an hf-hub name has characters folder names should not carry)."""
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")[-32:]
+    return f"{readable}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def claim_work(work: Path, identity: dict[str, Any]) -> None:
+    """Refuse a ``work`` folder holding another comparison, whose finished runs would otherwise be
+    reused silently; record ``identity`` in a new one."""
+    from rasd_hub._io import write_json_atomic
+
+    path = work / WORK_MANIFEST
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        if theirs != identity:
+            differ = sorted(k for k in set(identity) | set(theirs) if theirs.get(k) != identity.get(k))
+            raise RasdValueError(f"--work {work} holds another comparison (its {', '.join(differ)} "
+                                 "differ); give a new --work folder, or the same inputs to continue it")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, identity)
 
 
 @dataclass
@@ -141,20 +179,68 @@ def _device_label(name: str) -> str:
 
 def run_comparison(dataset: RawDataset, split: Split, model: str, inits: Sequence[str],
                    seeds: Sequence[int], config: FinetuneConfig,
-                   log: Callable[[str], None] | None = None, keep_predictions: int = 0) -> Report:
+                   log: Callable[[str], None] | None = None, keep_predictions: int = 0,
+                   work: str | Path | None = None) -> Report:
     """Fine-tune every init with every seed (same data, budget and recipe) and collect results.
 
-    The first seed's runs keep the predictions of the first ``keep_predictions`` test cases."""
+    The first seed's runs keep the predictions of the first ``keep_predictions`` test cases. With
+    ``work``, finished runs are kept there and taken from there when run again (module docstring)."""
     check_inits(inits)
     train, test = load_split_cases(dataset, split)
+    if work is not None:
+        work = Path(work)
+        claim_work(work, {"dataset": str(Path(dataset.folder).resolve()),
+                          "train": list(split.train), "test": list(split.test), "model": model,
+                          "config": config.recipe(), "device": resolve_device(config.device).type})
     report = Report(dataset, model, split, list(seeds), config, device=config.device)
     for init in inits:
         report.runs[init] = []
         for seed in seeds:
             keep = keep_predictions if seed == seeds[0] else 0
-            result = finetune_and_evaluate(dataset, train, test, model, init, seed, config, log=log,
-                                           keep_predictions=keep)
-            if log:
-                log(f"{init} seed {seed}: mean Dice {result.mean_dice:.4f} ({result.seconds:.0f} s)")
+            record = None if work is None else work / "runs" / name_slug(init) / f"seed_{seed}.json"
+            result = _finished_run(record, keep)
+            if result is not None:
+                if log:
+                    log(f"{init} seed {seed}: mean Dice {result.mean_dice:.4f} (done before: {record})")
+            else:
+                result = finetune_and_evaluate(dataset, train, test, model, init, seed, config, log=log,
+                                               keep_predictions=keep)
+                if record is not None:
+                    _keep_run(record, result)
+                if log:
+                    log(f"{init} seed {seed}: mean Dice {result.mean_dice:.4f} ({result.seconds:.0f} s)")
             report.runs[init].append(result)
     return report
+
+
+def _predictions_path(record: Path) -> Path:
+    return record.with_suffix(".npz")
+
+
+def _finished_run(record: Path | None, keep_predictions: int) -> RunResult | None:
+    """The run kept at ``record``, or None when it must be trained (not kept, or kept without the
+    predictions this run has to keep)."""
+    if record is None or not record.is_file():
+        return None
+    result = RunResult.from_dict(json.loads(record.read_text()))
+    if keep_predictions:
+        path = _predictions_path(record)
+        if not path.is_file():
+            return None
+        import numpy as np
+
+        with np.load(path) as kept:
+            result.predictions = {case: kept[case] for case in kept.files}
+    return result
+
+
+def _keep_run(record: Path, result: RunResult) -> None:
+    """Write the run's record atomically; its predictions first, so a record implies them."""
+    from rasd_hub._io import atomic_path, write_json_atomic
+
+    if result.predictions:
+        import numpy as np
+
+        with atomic_path(_predictions_path(record)) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **result.predictions)
+    write_json_atomic(record, result.as_dict())

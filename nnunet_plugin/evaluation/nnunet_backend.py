@@ -26,14 +26,12 @@ What a comparison does, under ``work`` (its own nnU-Net raw/preprocessed/results
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nnunet_plugin.evaluation.compare import Report, check_inits
+from nnunet_plugin.evaluation.compare import Report, check_inits, claim_work, name_slug
 from nnunet_plugin.evaluation.data import RawDataset, Split, load_case
 from nnunet_plugin.evaluation.errors import InitError
 from nnunet_plugin.evaluation.finetune import RunResult, check_dimensionality, summarise_cases
@@ -47,8 +45,6 @@ DATASET_ID = 990
 DATASET_NAME = "EvalSplit"
 CONFIGURATIONS = {2: "2d", 3: "3d_fullres"}  # nnU-Net's configuration per network dimensionality
 DEVICES = ("cpu", "cuda", "mps")  # what nnUNetv2_train / nnUNetv2_predict accept for -device
-#: what the work folder must match to be continued (anything else is another comparison)
-WORK_MANIFEST = "comparison.json"
 # generous: the short CPU trainers take minutes, the full RaSDTrainer (1000 epochs) hours
 RUN_TIMEOUT_S = 48 * 3600
 
@@ -111,27 +107,8 @@ def spatial_dims_of(model: str) -> int:
 
 
 def plans_name(weights: str) -> str:
-    """A plans identifier of its own for each weights name (readable tail + hash: a path or an
-    hf-hub name has characters nnU-Net's folder names should not carry)."""
-    readable = re.sub(r"[^A-Za-z0-9]+", "-", weights).strip("-")[-32:]
-    return f"RaSDPlans_{readable}-{hashlib.sha1(weights.encode()).hexdigest()[:8]}"
-
-
-def _claim_work(work: Path, identity: dict[str, Any]) -> None:
-    """Refuse a work folder holding another comparison (dataset, split, model), whose plans and
-    trained folds would otherwise be reused silently; record the identity in a new one."""
-    from rasd_hub._io import write_json_atomic
-
-    path = work / WORK_MANIFEST
-    if path.is_file():
-        theirs = json.loads(path.read_text())
-        if theirs != identity:
-            differ = sorted(k for k in identity if theirs.get(k) != identity[k])
-            raise RasdValueError(f"--work {work} holds another comparison (its {', '.join(differ)} "
-                                 "differ); give a new --work folder, or the same inputs to continue it")
-        return
-    work.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, identity)
+    """A plans identifier of its own for each weights name."""
+    return f"RaSDPlans_{name_slug(weights)}"
 
 
 def _link_split(dataset: RawDataset, split: Split, raw_root: Path) -> Path:
@@ -215,7 +192,7 @@ def run_comparison_nnunet(dataset: RawDataset, split: Split, model: str, inits: 
     check_dimensionality(model, dims, dataset, load_case(dataset, split.train[0]).label.ndim)
     configuration = CONFIGURATIONS[dims]
     work = Path(work)
-    _claim_work(work, {"dataset": str(Path(dataset.folder).resolve()), "train": list(split.train),
+    claim_work(work, {"dataset": str(Path(dataset.folder).resolve()), "train": list(split.train),
                        "test": list(split.test), "model": model, "configuration": configuration})
     env = nnunet_environment(work / "nnunet")
     env.pop(WEIGHTS_VAR, None)  # it would replace every init's weights with one set
