@@ -1,5 +1,5 @@
 """Issue 12's final table (test cases) from the `rasd eval compare --out` reports in a folder, and
-the issue's target checked on the in-process rows. Usage: python summarise.py REPORT_DIR
+the issue's target checked per path (in-process loop, nnU-Net backend). Usage: python summarise.py REPORT_DIR
 
 A seed "loses a class" when that class scores below 0.1 Dice in the seed while scratch finds it
 (scratch's mean Dice for the class over the seeds is 0.3 or more)."""
@@ -63,10 +63,13 @@ for *_, path, report in reports:
 print()
 newest = {"2D": "rasd2d_small.v2_synth10k_cpu", "3D": "rasd3d_small.synth2300_h200"}
 for dim, init in newest.items():
-    rows = [v for v in verdicts if v[0].endswith(dim) and v[2] == init and v[6].startswith("in-process")]
-    few = [v for v in rows if v[1] <= 3]
-    print(f"{dim} ({init}): few-shot regimes with Δ >= +0.02: "
-          f"{sum(v[3] >= 0.02 for v in few)}/{len(few)}; regimes below -0.01: "
-          f"{sum(v[3] < -0.01 for v in rows)}/{len(rows)}; p < 0.05: "
-          f"{sum(v[4] is not None and v[4] < 0.05 for v in rows)}/{len(rows)}; "
-          f"regimes with a seed losing a class: {sum(bool(v[5]) for v in rows)}/{len(rows)}")
+    for backend in ("in-process", "nnU-Net"):  # the target checked per path, never mixing them
+        rows = [v for v in verdicts if v[0].endswith(dim) and v[2] == init and v[6].startswith(backend)]
+        if not rows:
+            continue
+        few = [v for v in rows if v[1] <= 3]
+        print(f"{dim} ({init}, {backend}): few-shot regimes with Δ >= +0.02: "
+              f"{sum(v[3] >= 0.02 for v in few)}/{len(few)}; regimes below -0.01: "
+              f"{sum(v[3] < -0.01 for v in rows)}/{len(rows)}; p < 0.05: "
+              f"{sum(v[4] is not None and v[4] < 0.05 for v in rows)}/{len(rows)}; "
+              f"regimes with a seed losing a class: {sum(bool(v[5]) for v in rows)}/{len(rows)}")
