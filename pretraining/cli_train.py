@@ -67,9 +67,17 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model-kwargs", nargs="+", metavar="KEY=VALUE", default=None,
                    help="architecture arguments on top of the preset's, e.g. upsample=linear "
                    "(values read as JSON, else as text; `rasd hub info MODEL` lists them)")
+    p.add_argument("--synthesis-kwargs", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="synthesis fields on top of the preset's, e.g. zscore=true or "
+                   "heatmap_scales=[16,32] (values read as JSON; the fields are "
+                   "pretraining.synthesis.SynthesisConfig's)")
     p.add_argument("--pdl-normalize", action="store_true",
                    help="L2-normalise embeddings and prototypes in the PDL loss (the released code "
                    "does not)")
+    p.add_argument("--pdl-separation-weight", type=float,
+                   help="weight of PDL's prototype separation term (default 1)")
+    p.add_argument("--pdl-clustering-weight", type=float,
+                   help="weight of PDL's prototype-to-pixel clustering term (default 1)")
     p.add_argument("--warmup-steps", type=int, help="linear lr warm-up steps")
     p.add_argument("--schedule", choices=["constant", "cosine"], help="lr schedule after warm-up")
     p.add_argument("--grad-clip", type=float, help="max gradient norm (default: preset)")
@@ -95,16 +103,34 @@ def config_from_args(args: argparse.Namespace):
     offline = None
     if args.offline is not None:
         offline = args.offline or f"{out}/offline_pool"
+    from dataclasses import replace
+
     from pretraining.pdl import PDLConfig
     from pretraining.presets import get_preset
 
-    model_kwargs = None
-    if args.model_kwargs:
+    preset = get_preset(args.preset)
+
+    def key_values(option: str, given: list[str] | None, example: str, base: dict) -> dict | None:
+        if not given:
+            return None
         try:
-            given = dict(map(model_arg, args.model_kwargs))
+            return {**base, **dict(map(model_arg, given))}
         except argparse.ArgumentTypeError as err:
-            raise RasdValueError(f"--model-kwargs: {err}, e.g. upsample=linear") from None
-        model_kwargs = {**get_preset(args.preset).model_kwargs, **given}
+            raise RasdValueError(f"{option}: {err}, e.g. {example}") from None
+
+    model_kwargs = key_values("--model-kwargs", args.model_kwargs, "upsample=linear",
+                              preset.model_kwargs)
+    synthesis_kwargs = key_values("--synthesis-kwargs", args.synthesis_kwargs, "zscore=true",
+                                  preset.synthesis_kwargs)
+    pdl = None
+    pdl_changes = {k: v for k, v in (("normalize", args.pdl_normalize or None),
+                                     ("separation_weight", args.pdl_separation_weight),
+                                     ("clustering_weight", args.pdl_clustering_weight)) if v is not None}
+    if pdl_changes:
+        try:
+            pdl = replace(PDLConfig(normalize=preset.pdl_normalize), **pdl_changes)
+        except ValueError as err:
+            raise RasdValueError(f"--pdl-*: {err}") from None
     return TrainConfig.from_preset(
         args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         out_dir=out, resume=args.resume, checkpoint_every=args.checkpoint_every,
@@ -114,7 +140,7 @@ def config_from_args(args: argparse.Namespace):
         num_classes=args.num_classes, warmup_steps=args.warmup_steps, schedule=args.schedule,
         grad_clip=args.grad_clip, offline_pool=offline, offline_pool_batches=args.offline_batches,
         preview=not args.no_preview, export=not args.no_export, synthesis=args.synthesis,
-        pdl=PDLConfig(normalize=True) if args.pdl_normalize else None, model_kwargs=model_kwargs,
+        synthesis_kwargs=synthesis_kwargs, pdl=pdl, model_kwargs=model_kwargs,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from pretraining.errors import BatchSizeError
 from pretraining.pdl import PDLConfig
 from pretraining.presets import get_preset
-from pretraining.synthesis.config import PRESETS as SYNTHESIS_PRESETS
+from pretraining.synthesis.config import PRESETS as SYNTHESIS_PRESETS, SynthesisConfig
 from rasd_hub.errors import RasdValueError
 
 __all__ = ["TrainConfig", "PRECISIONS", "SCHEDULES", "IDENTITY_KEYS"]
@@ -17,7 +17,7 @@ __all__ = ["TrainConfig", "PRECISIONS", "SCHEDULES", "IDENTITY_KEYS"]
 PRECISIONS = ("auto", "bf16", "fp32")
 #: what a checkpoint must match to be resumed (see TrainConfig.identity)
 IDENTITY_KEYS = ("preset", "architecture", "model_kwargs", "spatial_dims", "size", "num_classes",
-                 "synthesis", "pdl")
+                 "synthesis", "synthesis_kwargs", "pdl")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -40,6 +40,8 @@ class TrainConfig:
     """total number of optimiser steps of the run, counted from step 0 (so resume stops at the same
     step as an uninterrupted run)."""
     synthesis: str = "official"
+    synthesis_kwargs: dict[str, Any] = field(default_factory=dict)
+    """fields of the synthesis preset replaced (``SynthesisConfig.with_overrides``)."""
     weight_decay: float = 0.01
     warmup_steps: int = 0
     schedule: str = "constant"
@@ -76,7 +78,7 @@ class TrainConfig:
             preset=p.name, architecture=p.architecture, model_kwargs=dict(p.model_kwargs),
             spatial_dims=p.spatial_dims, size=p.size, num_classes=p.num_classes,
             batch_size=None, per_rank_batch_size=p.batch_size, lr=p.lr, steps=p.steps,
-            synthesis=p.synthesis, weight_decay=p.weight_decay, warmup_steps=p.warmup_steps,
+            synthesis=p.synthesis, synthesis_kwargs=dict(p.synthesis_kwargs), weight_decay=p.weight_decay, warmup_steps=p.warmup_steps,
             schedule=p.schedule, grad_clip=p.grad_clip, checkpoint_every=p.checkpoint_every,
             log_every=p.log_every, pdl=PDLConfig(normalize=p.pdl_normalize),
         )
@@ -106,6 +108,9 @@ class TrainConfig:
             bad(f"need at least 2 classes, got {self.num_classes}")
         if self.synthesis not in SYNTHESIS_PRESETS:
             bad(f"--synthesis must be one of {', '.join(SYNTHESIS_PRESETS)}, got {self.synthesis!r}")
+        if self.synthesis_kwargs:  # fail before a run starts, not at its first batch
+            SynthesisConfig.from_preset(self.synthesis, dim=self.spatial_dims, size=self.size,
+                                        num_classes=self.num_classes).with_overrides(self.synthesis_kwargs)
 
     def batch_per_rank(self, world_size: int) -> int:
         """The batch each rank synthesises and trains on; checks that the global batch divides."""

@@ -8,7 +8,7 @@ regions) in a few minutes. Every field can be overridden from the command line.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pretraining.errors import UnknownPresetError
@@ -40,6 +40,8 @@ class Preset:
     steps: int
     synthesis: str = "official"
     """``SynthesisConfig.from_preset`` name: the released code's ranges or the paper's text."""
+    synthesis_kwargs: dict[str, Any] = field(default_factory=dict)
+    """fields of that synthesis preset replaced (``SynthesisConfig.with_overrides``)."""
     weight_decay: float = 0.01
     """AdamW's default; the released code does not set it."""
     warmup_steps: int = 0

@@ -178,7 +178,8 @@ class CheckpointedRun:
 
 
 def _identity_of(run_config: dict[str, Any]) -> dict[str, Any]:
-    return {k: run_config.get(k) for k in IDENTITY_KEYS}
+    # checkpoints written before synthesis_kwargs existed had none
+    return {k: run_config.get(k, {} if k == "synthesis_kwargs" else None) for k in IDENTITY_KEYS}
 
 
 def device_name(device: torch.device) -> str:

@@ -53,7 +53,7 @@ from pretraining.run_state import CheckpointedRun
 from pretraining.schedule import lr_factor, make_scheduler
 from pretraining.signals import StopSignals
 from pretraining.sources import (
-    BatchSource, OfflinePool, online_source, pool_identity, prepare_pool,
+    BatchSource, OfflinePool, online_source, pool_identity, prepare_pool, synthesis_config,
     synthetic_intensity_moments,
 )
 from rasd_hub._io import remove_stale_temporaries
@@ -150,8 +150,12 @@ class Trainer(CheckpointedRun):
             # Fine-tuning maps real intensities onto the moments the network sees here
             # (nnunet_plugin.normalization), so checkpoints and exports state them, measured.
             mean, std = synthetic_intensity_moments(config, device=self.device)
+            footing = dict(model_config["normalization"])
+            if synthesis_config(config).zscore:
+                footing = {"method": "zscore", "description": "per image (x - mean) / std, as the "
+                           "synthetic pre-training data (synthesis zscore=true)"}
             set_normalization(self.model, dict(
-                model_config["normalization"], mean=round(mean, 4), std=round(std, 4),
+                footing, mean=round(mean, 4), std=round(std, 4),
                 moments="measured on synthetic images of this run's synthesis preset"))
         # per-rank stream for anything random inside the model (dropout, drop path)
         torch.manual_seed(config.seed + self.ctx.rank)

@@ -38,7 +38,7 @@ def synthesis_config(config):
     """The ``SynthesisConfig`` of a :class:`~pretraining.config.TrainConfig`."""
     return synthesis.SynthesisConfig.from_preset(
         config.synthesis, dim=config.spatial_dims, size=config.size, num_classes=config.num_classes
-    )
+    ).with_overrides(config.synthesis_kwargs)
 
 
 def online_source(config, rank: int, batch_size: int, device: torch.device) -> BatchSource:

@@ -321,6 +321,17 @@ def test_resume_refuses_another_presets_checkpoint(tmp_path):
         run(make_config(tmp_path, synthesis="paper", resume=True))
     with pytest.raises(ResumeMismatchError, match="pdl"):
         run(make_config(tmp_path, pdl=PDLConfig(normalize=True), resume=True))
+    with pytest.raises(ResumeMismatchError, match="synthesis_kwargs"):
+        run(make_config(tmp_path, synthesis_kwargs={"zscore": True}, resume=True))
+
+
+def test_checkpoints_from_before_synthesis_kwargs_still_resume(tmp_path):
+    run(make_config(tmp_path, steps=2, checkpoint_every=2))
+    path = list_checkpoints(tmp_path / "checkpoints")[-1][1]
+    state = torch.load(path, weights_only=False)
+    del state["run_config"]["synthesis_kwargs"]  # what a checkpoint of an older version holds
+    torch.save(state, path)
+    assert run(make_config(tmp_path, steps=3, resume=True)).resumed_from == 2
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path):
@@ -426,6 +437,15 @@ def test_export_states_the_measured_intensity_moments_of_the_synthetic_inputs(tm
     assert abs(norm["mean"] - float(image.mean())) < 0.08
     assert abs(norm["std"] - float(image.std())) < 0.08
     assert 0.0 < norm["std"] < 0.5
+
+    # z-scored synthetic images: the export says so, and fine-tuning's mapping is the identity
+    zscored = make_config(tmp_path / "z", size=32, steps=1, export=True, preview=False,
+                          synthesis_kwargs={"zscore": True})
+    run_pretraining(zscored, build_source=online_source, progress=False)
+    norm = json.loads((tmp_path / "z" / "export" / "config.json").read_text())["normalization"]
+    assert norm["method"] == "zscore" and abs(norm["mean"]) < 1e-3 and abs(norm["std"] - 1) < 1e-3
+    from nnunet_plugin.normalization import map_channel
+    assert map_channel("ZScoreNormalization", norm).matched
 
 
 def test_hub_export_of_the_final_checkpoint_equals_the_end_of_run_export(tmp_path):

@@ -46,11 +46,33 @@ def test_arguments_override_the_preset(tmp_path):
     kwargs = config_from_args(parse("--preset", "rasd2d_small", "--model-kwargs", "upsample=linear",
                                     "num_res_units=1"))
     assert kwargs.model_kwargs == {"upsample": "linear", "num_res_units": 1}
+    synth = config_from_args(parse("--preset", "rasd2d_small", "--synthesis-kwargs", "zscore=true",
+                                   "heatmap_scales=[16,32]"))
+    assert synth.synthesis_kwargs == {"zscore": True, "heatmap_scales": [16, 32]}
+    from pretraining.sources import synthesis_config
+    built = synthesis_config(synth)
+    assert built.zscore and built.heatmap_scales == (16, 32)
+    # the PDL weights keep the preset's normalisation (v2's preset normalises)
+    pdl = config_from_args(parse("--preset", "rasd2d_small_v2", "--pdl-clustering-weight", "0.5"))
+    assert (pdl.pdl.normalize, pdl.pdl.clustering_weight, pdl.pdl.separation_weight) == (True, 0.5, 1.0)
 
 
 def test_bad_model_kwargs_are_clear_errors(capsys):
     assert main(["pretrain", "--preset", "rasd2d_small", "--model-kwargs", "upsample"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--synthesis-kwargs", "zscor=true"], "unknown synthesis field 'zscor'; the fields are: "),
+    (["--synthesis-kwargs", "zscore=yes"], "synthesis field 'zscore' takes true or false"),
+    (["--synthesis-kwargs", "size=32"], "set by the run itself"),
+    (["--synthesis-kwargs", "heatmap_scales=[64]"], "too small for the coarsest noise scale"),
+    (["--pdl-separation-weight", "-1"], "PDL term weights must be non-negative"),
+])
+def test_bad_synthesis_and_pdl_options_are_clear_errors_before_any_step(argv, message, capsys, tmp_path):
+    assert main(["pretrain", "--preset", "rasd2d_small", "--out", str(tmp_path / "run"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_synthesis_preset_is_a_clear_error(capsys):

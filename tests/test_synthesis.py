@@ -34,6 +34,32 @@ def test_shapes_dtypes_and_ranges(preset, dim, size):
     assert image.min() >= 0 and image.max() <= 1  # both presets normalise
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_zscore_gives_every_sample_zero_mean_and_unit_std_with_the_same_labels(preset):
+    config = SynthesisConfig.from_preset(preset, dim=2, size=32, num_classes=4)
+    plain_image, plain_label = synthesize(config, 3, generator=seeded(0))
+    image, label = synthesize(config.with_overrides({"zscore": True}), 3, generator=seeded(0))
+    assert torch.equal(label, plain_label)  # only the intensities change
+    std, mean = torch.std_mean(image.flatten(1), dim=1)
+    assert torch.allclose(mean, torch.zeros(3), atol=1e-5) and torch.allclose(std, torch.ones(3), atol=1e-4)
+    # the same image up to an affine map per sample
+    for z, x in zip(image.flatten(1), plain_image.flatten(1)):
+        assert torch.allclose(z, (x - x.mean()) / x.std(), atol=1e-3)
+
+
+def test_overrides_replace_fields_and_refuse_what_they_cannot():
+    config = SynthesisConfig.from_preset("paper", dim=2, size=64)
+    larger = config.with_overrides({"heatmap_scales": [16, 32], "deformation_std_range": [0, 8]})
+    assert larger.heatmap_scales == (16, 32) and larger.deformation_std_range == (0.0, 8.0)
+    assert config.with_overrides({}) == config
+    for overrides, message in [({"dim": 3}, "set by the run itself"),
+                               ({"heatmap_scale": [8]}, "unknown synthesis field 'heatmap_scale'"),
+                               ({"normalize": 1}, "takes true or false"),
+                               ({"gamma_range": [2, 1]}, "low <= high")]:
+        with pytest.raises(RasdValueError, match=message):
+            config.with_overrides(overrides)
+
+
 def test_same_seed_same_batch_and_other_seed_another():
     config = SynthesisConfig.from_preset("official", dim=3, size=32)
     first = synthesize(config, 2, generator=seeded(7))

@@ -39,6 +39,7 @@ DEFAULT_CLASSES = {2: 16, 3: 8}
 MAX_CLASSES = 256  # labels are built and exported as uint8
 
 Range = tuple[float, float]
+_RUN_FIELDS = frozenset({"dim", "size", "num_classes"})  # a pre-training run sets these
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,10 @@ class SynthesisConfig:
     """Min-max normalise every sample to [0, 1] (before gamma)."""
     gamma_range: Range = (1.0, 1.0)
     """Exponent of a random gamma applied after normalisation; one draw per sample."""
+    zscore: bool = False
+    """Last, shift and scale every sample to zero mean and unit std: the footing of nnU-Net's
+    z-score normalisation, so fine-tuning's mapping onto the weights' moments is the identity.
+    Off in both presets (neither the paper nor the released code does it)."""
 
     @classmethod
     def from_preset(
@@ -209,6 +214,26 @@ class SynthesisConfig:
             raise RasdValueError(f"gamma_range must be positive (got {self.gamma_range})")
         if not 0.0 <= self.slice_probability <= 1.0:
             raise RasdValueError(f"slice_probability must be in [0, 1] (got {self.slice_probability})")
+
+    def with_overrides(self, overrides: dict) -> "SynthesisConfig":
+        """This config with some fields replaced (``rasd pretrain --synthesis-kwargs``): lists
+        become tuples; unknown fields, wrong types and the fields a run sets itself (``dim``,
+        ``size``, ``num_classes``) raise :class:`~rasd_hub.errors.RasdValueError`."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changes = {}
+        for key, value in overrides.items():
+            if key in _RUN_FIELDS:
+                raise RasdValueError(
+                    f"synthesis field {key!r} is set by the run itself (its preset, --size, "
+                    "--num-classes), not by --synthesis-kwargs"
+                )
+            if key not in fields:
+                known = ", ".join(sorted(set(fields) - _RUN_FIELDS))
+                raise RasdValueError(f"unknown synthesis field {key!r}; the fields are: {known}")
+            if fields[key].type in ("bool", bool) and not isinstance(value, bool):
+                raise RasdValueError(f"synthesis field {key!r} takes true or false (got {value!r})")
+            changes[key] = tuple(value) if isinstance(value, list) else value
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         """Plain Python values (lists for tuples), e.g. for provenance records and JSON."""

@@ -62,6 +62,9 @@ def draw_images(config: SynthesisConfig, label: torch.Tensor, generator, device)
         image.sub_(low.view(per_sample)).div_((high - low).view(per_sample) + 1e-6)
     if config.gamma_range != (1.0, 1.0):
         image.pow_(uniform(config.gamma_range, (batch,), generator, device).view(per_sample))
+    if config.zscore:
+        std, mean = torch.std_mean(image.flatten(1), dim=1)
+        image.sub_(mean.view(per_sample)).div_(std.view(per_sample) + 1e-6)
     return image.unsqueeze(1)
 
 
