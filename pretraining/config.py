@@ -78,7 +78,8 @@ class TrainConfig:
             preset=p.name, architecture=p.architecture, model_kwargs=dict(p.model_kwargs),
             spatial_dims=p.spatial_dims, size=p.size, num_classes=p.num_classes,
             batch_size=None, per_rank_batch_size=p.batch_size, lr=p.lr, steps=p.steps,
-            synthesis=p.synthesis, synthesis_kwargs=dict(p.synthesis_kwargs), weight_decay=p.weight_decay, warmup_steps=p.warmup_steps,
+            synthesis=p.synthesis, synthesis_kwargs=dict(p.synthesis_kwargs),
+            weight_decay=p.weight_decay, warmup_steps=p.warmup_steps,
             schedule=p.schedule, grad_clip=p.grad_clip, checkpoint_every=p.checkpoint_every,
             log_every=p.log_every, pdl=PDLConfig(normalize=p.pdl_normalize),
         )
@@ -109,8 +110,13 @@ class TrainConfig:
         if self.synthesis not in SYNTHESIS_PRESETS:
             bad(f"--synthesis must be one of {', '.join(SYNTHESIS_PRESETS)}, got {self.synthesis!r}")
         if self.synthesis_kwargs:  # fail before a run starts, not at its first batch
-            SynthesisConfig.from_preset(self.synthesis, dim=self.spatial_dims, size=self.size,
-                                        num_classes=self.num_classes).with_overrides(self.synthesis_kwargs)
+            self.synthesis_config()
+
+    def synthesis_config(self) -> SynthesisConfig:
+        """The run's synthesis: its preset at the run's size and classes, then ``synthesis_kwargs``."""
+        return SynthesisConfig.from_preset(
+            self.synthesis, dim=self.spatial_dims, size=self.size, num_classes=self.num_classes
+        ).with_overrides(self.synthesis_kwargs)
 
     def batch_per_rank(self, world_size: int) -> int:
         """The batch each rank synthesises and trains on; checks that the global batch divides."""

@@ -36,9 +36,7 @@ class BatchSource(Protocol):
 
 def synthesis_config(config):
     """The ``SynthesisConfig`` of a :class:`~pretraining.config.TrainConfig`."""
-    return synthesis.SynthesisConfig.from_preset(
-        config.synthesis, dim=config.spatial_dims, size=config.size, num_classes=config.num_classes
-    ).with_overrides(config.synthesis_kwargs)
+    return config.synthesis_config()
 
 
 def online_source(config, rank: int, batch_size: int, device: torch.device) -> BatchSource:
