@@ -61,8 +61,10 @@ for *_, path, report in reports:
         verdicts.append((name, len(split["train"]), init, delta, p_value, lost, path))
 
 print()
-newest = {"2D": "rasd2d_small.v2_synth10k_cpu", "3D": "rasd3d_small.synth2300_h200"}
-for dim, init in newest.items():
+# the target is v2's; v1's line is printed alongside for comparison
+checked = [("2D", "rasd2d_small.v2_synth10k_cpu"), ("2D", "rasd2d_small.synth10k_cpu"),
+           ("3D", "rasd3d_small.synth2300_h200")]
+for dim, init in checked:
     for backend in ("in-process", "nnU-Net"):  # the target checked per path, never mixing them
         rows = [v for v in verdicts if v[0].endswith(dim) and v[2] == init and v[6].startswith(backend)]
         if not rows:
@@ -70,6 +72,7 @@ for dim, init in newest.items():
         few = [v for v in rows if v[1] <= 3]
         print(f"{dim} ({init}, {backend}): few-shot regimes with Δ >= +0.02: "
               f"{sum(v[3] >= 0.02 for v in few)}/{len(few)}; regimes below -0.01: "
-              f"{sum(v[3] < -0.01 for v in rows)}/{len(rows)}; p < 0.05: "
-              f"{sum(v[4] is not None and v[4] < 0.05 for v in rows)}/{len(rows)}; "
+              f"{sum(v[3] < -0.01 for v in rows)}/{len(rows)}; ahead at p < 0.05: "
+              f"{sum(v[4] is not None and v[4] < 0.05 and v[3] > 0 for v in rows)}/{len(rows)}; "
+              f"behind at p < 0.05: {sum(v[4] is not None and v[4] < 0.05 and v[3] < 0 for v in rows)}/{len(rows)}; "
               f"regimes with a seed losing a class: {sum(bool(v[5]) for v in rows)}/{len(rows)}")
