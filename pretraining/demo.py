@@ -122,9 +122,8 @@ def run_demo(out_dir: str | Path = "rasd-demo", preset: str = "rasd2d_small",
     def synthesise():
         from pretraining import synthesis
         from pretraining.preview import save_preview
-        from pretraining.sources import synthesis_config
 
-        cfg = synthesis_config(config)
+        cfg = config.synthesis_config()
 
         gen = torch.Generator().manual_seed(config.seed + 12345)
         image, label = synthesis.synthesize(cfg, batch_size=4, generator=gen,

@@ -29,7 +29,6 @@ from pretraining.checkpoint import (
 from pretraining.config import IDENTITY_KEYS
 from pretraining.errors import ResumeMismatchError
 from pretraining.schedule import apply_settings
-from pretraining.sources import synthesis_config
 
 __all__ = ["CheckpointedRun", "device_name"]
 
@@ -80,7 +79,7 @@ class CheckpointedRun:
             # every range of the synthesis, so the exact data can be regenerated even if the
             # preset's defaults change later (with seed, size, num_classes and world_size: each
             # rank's stream is SyntheticStream(config, seed=seed, rank=rank))
-            "synthesis_config": synthesis_config(c).to_dict(),
+            "synthesis_config": c.synthesis_config().to_dict(),
             "loss": "PDL",
             "pdl": c.to_dict()["pdl"],
             # training wall time of all launches of this run (resumed ones add to it)

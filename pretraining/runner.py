@@ -53,7 +53,7 @@ from pretraining.run_state import CheckpointedRun
 from pretraining.schedule import lr_factor, make_scheduler
 from pretraining.signals import StopSignals
 from pretraining.sources import (
-    BatchSource, OfflinePool, online_source, pool_identity, prepare_pool, synthesis_config,
+    BatchSource, OfflinePool, online_source, pool_identity, prepare_pool,
     synthetic_intensity_moments,
 )
 from rasd_hub._io import remove_stale_temporaries
@@ -151,7 +151,7 @@ class Trainer(CheckpointedRun):
             # (nnunet_plugin.normalization), so checkpoints and exports state them, measured.
             mean, std = synthetic_intensity_moments(config, device=self.device)
             footing = dict(model_config["normalization"])
-            if synthesis_config(config).zscore:
+            if config.synthesis_config().zscore:
                 footing = {"method": "zscore", "description": "per image (x - mean) / std, as the "
                            "synthetic pre-training data (synthesis zscore=true)"}
             set_normalization(self.model, dict(

@@ -34,15 +34,10 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def synthesis_config(config):
-    """The ``SynthesisConfig`` of a :class:`~pretraining.config.TrainConfig`."""
-    return config.synthesis_config()
-
-
 def online_source(config, rank: int, batch_size: int, device: torch.device) -> BatchSource:
     """This rank's synthetic stream: seeded by ``(seed, rank)``, generated on ``device``."""
     return synthesis.SyntheticStream(
-        synthesis_config(config), batch_size=batch_size, seed=config.seed, rank=rank, device=device
+        config.synthesis_config(), batch_size=batch_size, seed=config.seed, rank=rank, device=device
     )
 
 
@@ -53,7 +48,7 @@ def synthetic_intensity_moments(config, samples: int = 16, device: torch.device 
     Drawn from a stream of its own (``seed + seed_offset``), so measuring never shifts the
     training streams and the result is the same however the run was split by resumes.
     """
-    stream = synthesis.SyntheticStream(synthesis_config(config), batch_size=1,
+    stream = synthesis.SyntheticStream(config.synthesis_config(), batch_size=1,
                                        seed=config.seed + seed_offset, device=device)
     total = total_sq = count = 0.0
     for _ in range(samples):

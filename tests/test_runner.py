@@ -154,12 +154,11 @@ def test_checkpoint_contract(tmp_path):
             "run_config"} <= set(state)
     assert state["model_config"]["architecture"] == "tiny_test_net"
     prov = state["provenance"]
-    from pretraining.sources import synthesis_config
     from pretraining.synthesis import SynthesisConfig
 
     # the provenance regenerates the exact synthesis config (every range, not only the preset)
     assert SynthesisConfig(**{k: tuple(v) if isinstance(v, list) else v
-                              for k, v in prov["synthesis_config"].items()}) == synthesis_config(config)
+                              for k, v in prov["synthesis_config"].items()}) == config.synthesis_config()
     assert prov["preset"] == "rasd2d_small" and prov["step"] == 4 and prov["seed"] == 0
     assert prov["batch_size"] == 8 and prov["device"] == "cpu"
     rng = state["rng"]["ranks"][0]
@@ -425,7 +424,7 @@ def test_exact_resume_with_the_real_synthesis_stream(tmp_path):
 
 
 def test_export_states_the_measured_intensity_moments_of_the_synthetic_inputs(tmp_path):
-    from pretraining.sources import online_source, synthesis_config
+    from pretraining.sources import online_source
     from pretraining.synthesis import synthesize
 
     config = make_config(tmp_path, size=32, steps=1, export=True, preview=False)
@@ -433,7 +432,7 @@ def test_export_states_the_measured_intensity_moments_of_the_synthetic_inputs(tm
     norm = json.loads((tmp_path / "export" / "config.json").read_text())["normalization"]
     assert norm["method"] == "minmax"
     # independent estimate from a fresh batch of the same preset: moments agree loosely
-    image, _ = synthesize(synthesis_config(config), 64, torch.Generator().manual_seed(123))
+    image, _ = synthesize(config.synthesis_config(), 64, torch.Generator().manual_seed(123))
     assert abs(norm["mean"] - float(image.mean())) < 0.08
     assert abs(norm["std"] - float(image.std())) < 0.08
     assert 0.0 < norm["std"] < 0.5

@@ -49,8 +49,7 @@ def test_arguments_override_the_preset(tmp_path):
     synth = config_from_args(parse("--preset", "rasd2d_small", "--synthesis-kwargs", "zscore=true",
                                    "heatmap_scales=[16,32]"))
     assert synth.synthesis_kwargs == {"zscore": True, "heatmap_scales": [16, 32]}
-    from pretraining.sources import synthesis_config
-    built = synthesis_config(synth)
+    built = synth.synthesis_config()
     assert built.zscore and built.heatmap_scales == (16, 32)
     # the PDL weights keep the preset's normalisation (v2's preset normalises)
     pdl = config_from_args(parse("--preset", "rasd2d_small_v2", "--pdl-clustering-weight", "0.5"))

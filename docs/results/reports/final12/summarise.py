@@ -70,9 +70,10 @@ for dim, init in checked:
         if not rows:
             continue
         few = [v for v in rows if v[1] <= 3]
+        significant = [v for v in rows if v[4] is not None and v[4] < 0.05]
         print(f"{dim} ({init}, {backend}): few-shot regimes with Δ >= +0.02: "
               f"{sum(v[3] >= 0.02 for v in few)}/{len(few)}; regimes below -0.01: "
               f"{sum(v[3] < -0.01 for v in rows)}/{len(rows)}; ahead at p < 0.05: "
-              f"{sum(v[4] is not None and v[4] < 0.05 and v[3] > 0 for v in rows)}/{len(rows)}; "
-              f"behind at p < 0.05: {sum(v[4] is not None and v[4] < 0.05 and v[3] < 0 for v in rows)}/{len(rows)}; "
+              f"{sum(v[3] > 0 for v in significant)}/{len(rows)}; "
+              f"behind at p < 0.05: {sum(v[3] < 0 for v in significant)}/{len(rows)}; "
               f"regimes with a seed losing a class: {sum(bool(v[5]) for v in rows)}/{len(rows)}")
