@@ -23,7 +23,7 @@ from pretraining import synthesis
 from pretraining.errors import PretrainingError
 from rasd_hub._io import atomic_path, write_json_atomic
 
-__all__ = ["BatchSource", "online_source", "synthesis_config", "synthetic_intensity_moments",
+__all__ = ["BatchSource", "online_source", "synthetic_intensity_moments",
            "OfflinePool", "PoolInfo", "prepare_pool", "pool_identity"]
 
 

@@ -44,12 +44,12 @@ def test_demo_end_to_end_short(tmp_path):
 
 
 def test_demo_reports_a_failing_stage_and_skips_what_depends_on_it(tmp_path, monkeypatch):
-    import pretraining.sources
+    import pretraining.synthesis
 
-    def broken(config):
+    def broken(*args, **kwargs):
         raise RuntimeError("synthesis exploded")
 
-    monkeypatch.setattr(pretraining.sources, "synthesis_config", broken)
+    monkeypatch.setattr(pretraining.synthesis, "synthesize", broken)
     report = run_demo(tmp_path, steps=2, size=32, progress=False)
     assert not report.ok
     statuses = {s.name: s.status for s in report.stages}
