@@ -149,7 +149,8 @@ def test_table_summarises_saved_reports(capsys, synthetic, weights_dir, tmp_path
     assert "not a readable" in capsys.readouterr().err
 
 
-def test_compare_work_folder_keeps_runs_and_continues(capsys, synthetic, tmp_path, monkeypatch):
+def _count_training(monkeypatch) -> list[tuple[str, int]]:
+    """(init, seed) of every run the in-process comparison trains from now on."""
     import nnunet_plugin.evaluation.compare as compare
 
     trained = []
@@ -160,6 +161,11 @@ def test_compare_work_folder_keeps_runs_and_continues(capsys, synthetic, tmp_pat
         return real(dataset, train, test, model, init, seed, *args, **kwargs)
 
     monkeypatch.setattr(compare, "finetune_and_evaluate", counting)
+    return trained
+
+
+def test_compare_work_folder_keeps_runs_and_continues(capsys, synthetic, tmp_path, monkeypatch):
+    trained = _count_training(monkeypatch)
     work, pics = tmp_path / "work", tmp_path / "pics"
     argv = ["eval", "compare", "--data", str(synthetic), "--model", "rasd2d_small", "--init", "scratch",
             "--work", str(work), "--pictures", str(pics), *STEPS]
@@ -178,6 +184,29 @@ def test_compare_work_folder_keeps_runs_and_continues(capsys, synthetic, tmp_pat
     err = _error(capsys, argv + ["--seeds", "2", "--steps", "3"])
     assert "holds another comparison (its config differ)" in err and "new --work" in err
     assert len(trained) == 2
+
+
+def test_compare_work_folder_refuses_runs_of_weights_since_replaced(capsys, synthetic, tmp_path, monkeypatch):
+    import torch
+
+    import rasd_hub
+
+    def write_weights(seed):
+        torch.manual_seed(seed)
+        rasd_hub.save_pretrained(rasd_hub.create_model("rasd2d_small"), weights, provenance={"preset": "test"})
+
+    trained = _count_training(monkeypatch)
+    weights, work = tmp_path / "weights", tmp_path / "work"
+    write_weights(0)
+    argv = ["eval", "compare", "--data", str(synthetic), "--model", "rasd2d_small", "--init", str(weights),
+            "--work", str(work), *STEPS]
+    _run_json(capsys, argv + ["--seeds", "1"])
+    _run_json(capsys, argv + ["--seeds", "1"])  # the same weights: taken from the folder
+    assert len(trained) == 1
+    write_weights(1)  # the same folder, other weights: the kept run is not theirs
+    err = _error(capsys, argv + ["--seeds", "2"])
+    assert "now names weights with sha256" in err and "seed_0.json" in err and "new --work" in err
+    assert len(trained) == 1
 
 
 def test_bad_inputs_give_clear_errors(capsys, synthetic, tmp_path):

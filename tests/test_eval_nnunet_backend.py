@@ -112,6 +112,16 @@ def test_nnunet_backend_end_to_end_on_real_tiles_and_resumes(capsys, tmp_path):
     row = capsys.readouterr().out.splitlines()[2]
     assert f"| nnU-Net {SMOKE_TRAINER} | 8 / 2 |" in row
 
+    # the plans (and the runs trained on them) name their weights by sha256; when the init names
+    # other weights now, nothing kept is reused and nothing trains
+    (plans,) = (work / "nnunet").rglob(f"{report['config']['plans']['rasd2d_small']}.json")
+    content = json.loads(plans.read_text())
+    content["rasd"]["pretrained"]["sha256"] = "0" * 64
+    plans.write_text(json.dumps(content))
+    err = _error(capsys, argv)
+    assert "'rasd2d_small' now names weights with sha256" in err and plans.name in err and "new --work" in err
+    assert _training_logs(work) == logs
+
 
 def test_every_init_must_plan_the_models_network(tmp_path):
     import rasd_hub

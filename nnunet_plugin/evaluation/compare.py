@@ -16,7 +16,8 @@ A comparison given a ``work`` folder keeps each finished run there (``runs/INIT/
 written atomically, and the predictions ``--pictures`` draws beside it); running it again with
 the same folder takes those and trains only what is missing, so a long table can stop and go on.
 Both backends use it; the folder's ``comparison.json`` holds what it compares, and another
-comparison (dataset, split, model, recipe) is refused rather than mixed in.
+comparison (dataset, split, model, recipe) is refused rather than mixed in, and so are runs kept
+for an init that names other weights now (a weights folder written again: another sha256).
 
 Undefined numbers (a CI from one seed, Dice of a class absent everywhere) are ``null``. Pairs
 compare every init with the reference, ``scratch`` when it is among the inits, else the first:
@@ -40,7 +41,7 @@ from nnunet_plugin.evaluation.data import RawDataset, Split
 from nnunet_plugin.evaluation.finetune import (
     FinetuneConfig, RunResult, resolve_device, finetune_and_evaluate, load_split_cases,
 )
-from nnunet_plugin.evaluation.inits import SCRATCH
+from nnunet_plugin.evaluation.inits import SCRATCH, build_model
 from nnunet_plugin.evaluation.stats import mean_ci, one_sample_test, paired_test
 from rasd_hub.errors import RasdValueError
 
@@ -51,8 +52,8 @@ class Recipe(Protocol):
 
     def recipe(self) -> dict[str, Any]: ...
 
-__all__ = ["Report", "run_comparison", "reference_init", "check_inits", "claim_work", "name_slug",
-           "WORK_MANIFEST"]
+__all__ = ["Report", "run_comparison", "reference_init", "check_inits", "claim_work", "check_kept_weights",
+           "name_slug", "WORK_MANIFEST"]
 
 #: what a ``work`` folder must match to be continued (anything else is another comparison)
 WORK_MANIFEST = "comparison.json"
@@ -89,6 +90,27 @@ def claim_work(work: Path, identity: dict[str, Any]) -> None:
         return
     work.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, identity)
+
+
+def check_kept_weights(model: str, init: str, in_chans: int, kept_sha256: str, where: Path) -> None:
+    """Refuse what ``where`` kept for ``init`` (a run's record, nnU-Net plans) when ``init`` now
+    names other weights (a weights folder written again, a tag's file replaced): those results
+    would be reported for weights they never saw. ``kept_sha256``: the sha256 (or its first 12
+    digits) of the weights they came from."""
+    if init == SCRATCH:
+        return
+    current = build_model(model, init, num_classes=None, in_chans=in_chans).sha256
+    if not kept_sha256 or not current.startswith(kept_sha256):
+        raise RasdValueError(
+            f"--init {init!r} now names weights with sha256 {current[:12]}, but {where} was made from "
+            f"{'sha256 ' + kept_sha256[:12] if kept_sha256 else 'weights it did not record'}; give a new "
+            "--work folder to compare these weights, or restore the ones the kept runs used")
+
+
+def _source_sha256(source: str) -> str:
+    """The sha256 digits in a run's ``source`` label (``LABEL sha256 DIGITS``), or ""."""
+    _, found, digits = source.rpartition(" sha256 ")
+    return digits if found else ""
 
 
 @dataclass
@@ -195,11 +217,15 @@ def run_comparison(dataset: RawDataset, split: Split, model: str, inits: Sequenc
     report = Report(dataset, model, split, list(seeds), config, device=config.device)
     for init in inits:
         report.runs[init] = []
+        checked = False  # init's weights against the kept runs', once per init
         for seed in seeds:
             keep = keep_predictions if seed == seeds[0] else 0
             record = None if work is None else work / "runs" / name_slug(init) / f"seed_{seed}.json"
             result = _finished_run(record, keep)
             if result is not None:
+                if not checked:
+                    check_kept_weights(model, init, dataset.num_channels, _source_sha256(result.source), record)
+                    checked = True
                 if log:
                     log(f"{init} seed {seed}: mean Dice {result.mean_dice:.4f} (done before: {record})")
             else:

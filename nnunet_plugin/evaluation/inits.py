@@ -27,6 +27,7 @@ class BuiltModel:
     model: Any  # torch.nn.Module
     normalization: dict  # what the weights were pre-trained with (config.json), or the default
     description: str  # resolved source: "scratch" or rasd_hub's label with sha256
+    sha256: str = ""  # of the weights file ("" for scratch)
 
 
 def _reword(err: RasdError, option: str, hint: str) -> None:
@@ -98,4 +99,4 @@ def build_model(model_name: str, init: str, num_classes: int | None, in_chans: i
     sha = provenance.get("sha256", "")
     label = provenance.get("source", name)
     return BuiltModel(model, dict(model.rasd_config["normalization"]),
-                      f"{label}" + (f" sha256 {sha[:12]}" if sha else ""))
+                      f"{label}" + (f" sha256 {sha[:12]}" if sha else ""), sha)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nnunet_plugin.evaluation.compare import Report, check_inits, claim_work, name_slug
+from nnunet_plugin.evaluation.compare import Report, check_inits, check_kept_weights, claim_work, name_slug
 from nnunet_plugin.evaluation.data import RawDataset, Split, load_case
 from nnunet_plugin.evaluation.errors import InitError
 from nnunet_plugin.evaluation.finetune import RunResult, check_dimensionality, summarise_cases
@@ -209,8 +209,12 @@ def run_comparison_nnunet(dataset: RawDataset, split: Split, model: str, inits: 
     for init in inits:
         weights = model if init == SCRATCH else init  # scratch: the model's own plans, no weights
         recipe.plans[init] = plans_name(weights)
-        if not (preprocessed / f"{recipe.plans[init]}.json").is_file():
+        planned = preprocessed / f"{recipe.plans[init]}.json"
+        if not planned.is_file():
             rasd_plan(DATASET_ID, env, weights, "-c", configuration, "--plans-name", recipe.plans[init])
+        elif init != SCRATCH:  # plans (and the runs trained on them) name the weights by sha256
+            kept = _plans(preprocessed, recipe.plans[init])["rasd"]["pretrained"]["sha256"]
+            check_kept_weights(model, init, dataset.num_channels, kept, planned)
     _check_one_network(preprocessed, recipe.plans, configuration, model, dataset.num_classes)
     # fold s trains seed s; every fold trains (and validates) on all training cases
     write_splits_final(preprocessed, [{"train": split.train, "val": split.train}] * (max(seeds) + 1))
