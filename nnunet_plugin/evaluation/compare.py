@@ -41,7 +41,7 @@ from nnunet_plugin.evaluation.data import RawDataset, Split
 from nnunet_plugin.evaluation.finetune import (
     FinetuneConfig, RunResult, resolve_device, finetune_and_evaluate, load_split_cases,
 )
-from nnunet_plugin.evaluation.inits import SCRATCH, build_model
+from nnunet_plugin.evaluation.inits import SCRATCH, build_model, label_sha256
 from nnunet_plugin.evaluation.stats import mean_ci, one_sample_test, paired_test
 from rasd_hub.errors import RasdValueError
 
@@ -105,12 +105,6 @@ def check_kept_weights(model: str, init: str, in_chans: int, kept_sha256: str, w
             f"--init {init!r} now names weights with sha256 {current[:12]}, but {where} was made from "
             f"{'sha256 ' + kept_sha256[:12] if kept_sha256 else 'weights it did not record'}; give a new "
             "--work folder to compare these weights, or restore the ones the kept runs used")
-
-
-def _source_sha256(source: str) -> str:
-    """The sha256 digits in a run's ``source`` label (``LABEL sha256 DIGITS``), or ""."""
-    _, found, digits = source.rpartition(" sha256 ")
-    return digits if found else ""
 
 
 @dataclass
@@ -224,7 +218,7 @@ def run_comparison(dataset: RawDataset, split: Split, model: str, inits: Sequenc
             result = _finished_run(record, keep)
             if result is not None:
                 if not checked:
-                    check_kept_weights(model, init, dataset.num_channels, _source_sha256(result.source), record)
+                    check_kept_weights(model, init, dataset.num_channels, label_sha256(result.source), record)
                     checked = True
                 if log:
                     log(f"{init} seed {seed}: mean Dice {result.mean_dice:.4f} (done before: {record})")

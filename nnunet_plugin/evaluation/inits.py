@@ -15,7 +15,7 @@ from typing import Any
 from nnunet_plugin.evaluation.errors import InitError
 from rasd_hub.errors import RasdError
 
-__all__ = ["SCRATCH", "BuiltModel", "build_model"]
+__all__ = ["SCRATCH", "BuiltModel", "build_model", "source_label", "label_sha256"]
 
 SCRATCH = "scratch"
 # model_args that legitimately differ between a pre-trained checkpoint and the fine-tuned network
@@ -28,6 +28,18 @@ class BuiltModel:
     normalization: dict  # what the weights were pre-trained with (config.json), or the default
     description: str  # resolved source: "scratch" or rasd_hub's label with sha256
     sha256: str = ""  # of the weights file ("" for scratch)
+
+
+def source_label(label: str, sha256: str) -> str:
+    """How a run names the weights it started from (``RunResult.source``, both backends):
+    ``LABEL sha256 DIGITS`` with the first 12 digits; ``LABEL`` alone without a sha256."""
+    return label + (f" sha256 {sha256[:12]}" if sha256 else "")
+
+
+def label_sha256(source: str) -> str:
+    """The sha256 digits of a :func:`source_label`, or "" (scratch, an unrecorded source)."""
+    _, found, digits = source.rpartition(" sha256 ")
+    return digits if found else ""
 
 
 def _reword(err: RasdError, option: str, hint: str) -> None:
@@ -98,5 +110,4 @@ def build_model(model_name: str, init: str, num_classes: int | None, in_chans: i
     provenance = model.rasd_config.get("pretrained") or {}
     sha = provenance.get("sha256", "")
     label = provenance.get("source", name)
-    return BuiltModel(model, dict(model.rasd_config["normalization"]),
-                      f"{label}" + (f" sha256 {sha[:12]}" if sha else ""), sha)
+    return BuiltModel(model, dict(model.rasd_config["normalization"]), source_label(label, sha), sha)

@@ -35,7 +35,7 @@ from nnunet_plugin.evaluation.compare import Report, check_inits, check_kept_wei
 from nnunet_plugin.evaluation.data import RawDataset, Split, load_case
 from nnunet_plugin.evaluation.errors import InitError
 from nnunet_plugin.evaluation.finetune import RunResult, check_dimensionality, summarise_cases
-from nnunet_plugin.evaluation.inits import SCRATCH
+from nnunet_plugin.evaluation.inits import SCRATCH, source_label
 from rasd_hub.errors import RasdValueError
 
 __all__ = ["DEFAULT_TRAINER", "NnunetRecipe", "twin_name", "scratch_twin", "run_comparison_nnunet"]
@@ -162,7 +162,7 @@ def _source(plans: dict, init: str) -> str:
     if init == SCRATCH:
         return SCRATCH
     weights = plans["rasd"]["pretrained"]
-    return f"{weights['source']} sha256 {weights['sha256'][:12]}"
+    return source_label(weights["source"], weights["sha256"])
 
 
 def run_comparison_nnunet(dataset: RawDataset, split: Split, model: str, inits: Sequence[str],
