@@ -75,6 +75,32 @@ def _training_logs(work) -> list:
 
 
 @pytest.mark.slow
+def test_planning_holds_the_work_folders_lock(tmp_path, monkeypatch):
+    """Processes comparing other inits in one --work plan one at a time: preprocessing runs under
+    work/planning.lock (a second holder would read or write a half-preprocessed dataset)."""
+    from filelock import FileLock, Timeout
+
+    import nnunet_plugin.commands as commands
+    from nnunet_plugin.evaluation.data import open_dataset, resolve_split
+
+    dataset = open_dataset(build_synthetic_dataset(tmp_path / "raw", num_cases=3, num_test=1, shape=(32, 32)))
+    work = tmp_path / "work"
+
+    class Planned(Exception):
+        pass
+
+    def plan_and_preprocess(*args, **kwargs):
+        with pytest.raises(Timeout):
+            FileLock(work / "planning.lock").acquire(timeout=0)
+        raise Planned
+
+    monkeypatch.setattr(commands, "plan_and_preprocess", plan_and_preprocess)
+    with pytest.raises(Planned):
+        run_comparison_nnunet(dataset, resolve_split(dataset), "rasd2d_small", ["scratch"], [0], work,
+                              trainer=SMOKE_TRAINER)
+    FileLock(work / "planning.lock").acquire(timeout=0)  # released on the way out
+
+
 def test_nnunet_backend_end_to_end_on_real_tiles_and_resumes(capsys, tmp_path):
     raw = build_nuclei_tiles(tmp_path / "raw", 506)
     work, out = tmp_path / "work", tmp_path / "report.json"

@@ -20,6 +20,8 @@ What a comparison does, under ``work`` (its own nnU-Net raw/preprocessed/results
   test relies on). Every fold of ``splits_final.json`` trains on all of ``split.train`` and
   validates on it too: the held-out test is ``split.test``, predicted after training, and nnU-Net
   needs some validation list (its end-of-training validation is not used);
+* planning holds ``work/planning.lock``, so comparisons of different inits may run side by side
+  in one ``work`` (one process per init, then one call with every init for the report);
 * a finished run leaves its predictions and a record (``runs/TRAINER__PLANS/seed_S.json``, written
   atomically); running again with the same ``work`` skips those and trains what is missing.
 """
@@ -30,6 +32,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from filelock import FileLock
 
 from nnunet_plugin.evaluation.compare import Report, check_inits, check_kept_weights, claim_work, name_slug
 from nnunet_plugin.evaluation.data import RawDataset, Split, load_case
@@ -199,25 +203,30 @@ def run_comparison_nnunet(dataset: RawDataset, split: Split, model: str, inits: 
     raw = _link_split(dataset, split, Path(env["nnUNet_raw"]))
     preprocessed = Path(env["nnUNet_preprocessed"]) / raw.name
     preprocessed_mark = work / "preprocessed.done"  # nnUNetPlans.json exists before preprocessing ends
-    if not preprocessed_mark.exists():
-        if log:
-            log(f"nnU-Net: planning and preprocessing {len(split.train)} training cases ({configuration})")
-        plan_and_preprocess(DATASET_ID, env, configurations=(configuration,), verify=False)
-        preprocessed_mark.touch()
-
     recipe = NnunetRecipe(trainer, scratch_trainer, configuration)
-    for init in inits:
-        weights = model if init == SCRATCH else init  # scratch: the model's own plans, no weights
-        recipe.plans[init] = plans_name(weights)
-        planned = preprocessed / f"{recipe.plans[init]}.json"
-        if not planned.is_file():
-            rasd_plan(DATASET_ID, env, weights, "-c", configuration, "--plans-name", recipe.plans[init])
-        elif init != SCRATCH:  # plans (and the runs trained on them) name the weights by sha256
-            kept = _plans(preprocessed, recipe.plans[init])["rasd"]["pretrained"]["sha256"]
-            check_kept_weights(model, init, dataset.num_channels, kept, planned)
-    _check_one_network(preprocessed, recipe.plans, configuration, model, dataset.num_classes)
-    # fold s trains seed s; every fold trains (and validates) on all training cases
-    write_splits_final(preprocessed, [{"train": split.train, "val": split.train}] * (max(seeds) + 1))
+    # comparisons of other inits may share `work` (one process per init): one plans at a time, so
+    # none reads or writes a half-preprocessed dataset
+    with FileLock(work / "planning.lock"):
+        if not preprocessed_mark.exists():
+            if log:
+                log(f"nnU-Net: planning and preprocessing {len(split.train)} training cases ({configuration})")
+            plan_and_preprocess(DATASET_ID, env, configurations=(configuration,), verify=False)
+            preprocessed_mark.touch()
+        for init in inits:
+            weights = model if init == SCRATCH else init  # scratch: the model's own plans, no weights
+            recipe.plans[init] = plans_name(weights)
+            planned = preprocessed / f"{recipe.plans[init]}.json"
+            if not planned.is_file():
+                rasd_plan(DATASET_ID, env, weights, "-c", configuration, "--plans-name", recipe.plans[init])
+            elif init != SCRATCH:  # plans (and the runs trained on them) name the weights by sha256
+                kept = _plans(preprocessed, recipe.plans[init])["rasd"]["pretrained"]["sha256"]
+                check_kept_weights(model, init, dataset.num_channels, kept, planned)
+        _check_one_network(preprocessed, recipe.plans, configuration, model, dataset.num_classes)
+        # fold s trains seed s; every fold trains (and validates) on all training cases. Never fewer
+        # folds than there are: a process sharing `work` may be training a higher seed
+        splits = preprocessed / "splits_final.json"
+        folds = max([max(seeds) + 1] + ([len(json.loads(splits.read_text()))] if splits.is_file() else []))
+        write_splits_final(preprocessed, [{"train": split.train, "val": split.train}] * folds)
 
     labels = dataset.foreground_labels
     report = Report(dataset, model, split, seeds, recipe, device=device)
