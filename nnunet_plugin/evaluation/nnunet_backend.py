@@ -20,7 +20,7 @@ What a comparison does, under ``work`` (its own nnU-Net raw/preprocessed/results
   test relies on). Every fold of ``splits_final.json`` trains on all of ``split.train`` and
   validates on it too: the held-out test is ``split.test``, predicted after training, and nnU-Net
   needs some validation list (its end-of-training validation is not used);
-* planning holds ``work/planning.lock``, so comparisons of different inits may run side by side
+* linking and planning hold ``work/planning.lock``, so comparisons of different inits may run side by side
   in one ``work`` (one process per init, then one call with every init for the report);
 * a finished run leaves its predictions and a record (``runs/TRAINER__PLANS/seed_S.json``, written
   atomically); running again with the same ``work`` skips those and trains what is missing.
@@ -200,13 +200,13 @@ def run_comparison_nnunet(dataset: RawDataset, split: Split, model: str, inits: 
                        "test": list(split.test), "model": model, "configuration": configuration})
     env = nnunet_environment(work / "nnunet")
     env.pop(WEIGHTS_VAR, None)  # it would replace every init's weights with one set
-    raw = _link_split(dataset, split, Path(env["nnUNet_raw"]))
-    preprocessed = Path(env["nnUNet_preprocessed"]) / raw.name
     preprocessed_mark = work / "preprocessed.done"  # nnUNetPlans.json exists before preprocessing ends
     recipe = NnunetRecipe(trainer, scratch_trainer, configuration)
-    # comparisons of other inits may share `work` (one process per init): one plans at a time, so
-    # none reads or writes a half-preprocessed dataset
+    # comparisons of other inits may share `work` (one process per init): one sets up at a time,
+    # so none reads or writes a half-linked or half-preprocessed dataset
     with FileLock(work / "planning.lock"):
+        raw = _link_split(dataset, split, Path(env["nnUNet_raw"]))
+        preprocessed = Path(env["nnUNet_preprocessed"]) / raw.name
         if not preprocessed_mark.exists():
             if log:
                 log(f"nnU-Net: planning and preprocessing {len(split.train)} training cases ({configuration})")
