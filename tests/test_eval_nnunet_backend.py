@@ -74,7 +74,6 @@ def _training_logs(work) -> list:
     return sorted((work / "nnunet" / "results").rglob("training_log_*.txt"))
 
 
-@pytest.mark.slow
 def test_planning_holds_the_work_folders_lock(tmp_path, monkeypatch):
     """Processes comparing other inits in one --work plan one at a time: preprocessing runs under
     work/planning.lock (a second holder would read or write a half-preprocessed dataset)."""
@@ -101,6 +100,7 @@ def test_planning_holds_the_work_folders_lock(tmp_path, monkeypatch):
     FileLock(work / "planning.lock").acquire(timeout=0)  # released on the way out
 
 
+@pytest.mark.slow
 def test_nnunet_backend_end_to_end_on_real_tiles_and_resumes(capsys, tmp_path):
     raw = build_nuclei_tiles(tmp_path / "raw", 506)
     work, out = tmp_path / "work", tmp_path / "report.json"
