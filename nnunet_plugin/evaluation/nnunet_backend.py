@@ -20,8 +20,9 @@ What a comparison does, under ``work`` (its own nnU-Net raw/preprocessed/results
   test relies on). Every fold of ``splits_final.json`` trains on all of ``split.train`` and
   validates on it too: the held-out test is ``split.test``, predicted after training, and nnU-Net
   needs some validation list (its end-of-training validation is not used);
-* linking and planning hold ``work/planning.lock``, so comparisons of different inits may run side by side
-  in one ``work`` (one process per init, then one call with every init for the report);
+* linking and planning hold ``work/planning.lock``, so comparisons of different inits may run
+  side by side in one ``work`` (one process per init, then one call with every init for the
+  report);
 * a finished run leaves its predictions and a record (``runs/TRAINER__PLANS/seed_S.json``, written
   atomically); running again with the same ``work`` skips those and trains what is missing.
 """
@@ -225,7 +226,8 @@ def run_comparison_nnunet(dataset: RawDataset, split: Split, model: str, inits: 
         # fold s trains seed s; every fold trains (and validates) on all training cases. Never fewer
         # folds than there are: a process sharing `work` may be training a higher seed
         splits = preprocessed / "splits_final.json"
-        folds = max([max(seeds) + 1] + ([len(json.loads(splits.read_text()))] if splits.is_file() else []))
+        kept_folds = len(json.loads(splits.read_text())) if splits.is_file() else 0
+        folds = max(max(seeds) + 1, kept_folds)
         write_splits_final(preprocessed, [{"train": split.train, "val": split.train}] * folds)
 
     labels = dataset.foreground_labels
