@@ -140,3 +140,18 @@ def test_bf16_autocast_trains_and_scores_in_bfloat16(small_run, monkeypatch):
     assert dtypes == [torch.bfloat16, torch.bfloat16]  # both steps ran under autocast
     assert np.isfinite(bf16.final_loss) and 0 <= bf16.mean_dice <= 1
     assert bf16.final_loss != fp32.final_loss  # the same patches and weights, other arithmetic
+
+
+@pytest.mark.parametrize("precision, hint", [("fp32", "lower --lr"), ("bf16", "--precision fp32")])
+def test_a_diverged_run_stops_at_that_step_and_says_what_to_change(small_run, monkeypatch, precision, hint):
+    losses = []
+    real_loss = finetune._loss
+
+    def diverging_at_step_1(logits, target, num_classes):
+        losses.append(real_loss(logits, target, num_classes))
+        return losses[-1] * float("nan") if len(losses) == 1 else losses[-1]
+
+    monkeypatch.setattr(finetune, "_loss", diverging_at_step_1)
+    with pytest.raises(finetune.RasdValueError, match=f"seed 0: the loss became nan at step 1/2; .*{hint}"):
+        small_run(precision=precision)
+    assert len(losses) == 1  # step 2 never ran

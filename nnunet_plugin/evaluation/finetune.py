@@ -321,10 +321,13 @@ def finetune_and_evaluate(dataset: RawDataset, train: list[Case], test: list[Cas
         optimiser.step()
         schedule.step()
         loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):  # stop at once: the steps after it cannot recover
+            hint = ("bf16 autocast can diverge where float32 does not: try --precision fp32, or "
+                    "lower --lr" if config.precision == "bf16" else "lower --lr")
+            raise RasdValueError(f"{init} seed {seed}: the loss became {loss_value} at step "
+                                 f"{step + 1}/{config.steps}; {hint}")
         if log and (step + 1) % max(1, config.steps // 4) == 0:
             log(f"  [{init} seed {seed}] step {step + 1}/{config.steps} loss {loss_value:.4f}")
-    if not math.isfinite(loss_value):
-        raise RasdValueError(f"{init} seed {seed}: the loss became {loss_value}; lower --lr")
 
     model.eval()
     names = dataset.foreground_labels
