@@ -12,6 +12,7 @@ in the same reports (a tag, or the run folder of a RUN/export init)."""
 
 import json
 import sys
+from functools import cache
 from pathlib import Path
 
 from nnunet_plugin.evaluation.stats import paired_test
@@ -28,6 +29,12 @@ folders = sorted(p for p in root.iterdir() if p.is_dir())
 DATASETS = [ds for ds in NAMES if any((f / f"{ds}.json").is_file() for f in folders)]
 
 
+@cache
+def read(path: Path) -> dict:
+    """Each report is read once, however many rows and baselines use it."""
+    return json.loads(path.read_text())
+
+
 def label(init: str) -> str:
     """A tag as it is; a weights folder RUN/export by its run folder's name."""
     path = Path(init)
@@ -42,7 +49,7 @@ def with_scratch(report: dict, ds: str) -> dict:
     inits = report["inits"]
     if "scratch" in inits:
         return inits
-    reference = json.loads((scratch_dir / f"{ds}.json").read_text())
+    reference = read(scratch_dir / f"{ds}.json")
     assert reference["seeds"] == report["seeds"] and reference["split"] == report["split"]
     recipe = {**report["config"]}
     if recipe.get("precision") == "fp32":  # the default; reports before it existed omit it
@@ -53,7 +60,7 @@ def with_scratch(report: dict, ds: str) -> dict:
 
 def baseline_values(report: dict, ds: str) -> list[float] | None:
     if baseline_dir is not None:
-        base_report = json.loads((baseline_dir / f"{ds}.json").read_text())
+        base_report = read(baseline_dir / f"{ds}.json")
         assert base_report["seeds"] == report["seeds"] and base_report["split"] == report["split"]
         return base_report["inits"][rasd_inits(base_report)[0]]["per_seed_mean_dice"]
     if baseline is not None:
@@ -64,7 +71,7 @@ def baseline_values(report: dict, ds: str) -> list[float] | None:
 
 rows = []  # (row name, folder, init index within the folder's reports)
 for folder in folders:
-    reports = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    reports = [read(p) for p in sorted(folder.glob("*.json"))]
     count = len(rasd_inits(reports[0])) if reports else 0
     for index in range(count):
         names = {label(rasd_inits(r)[index]) for r in reports}
@@ -78,7 +85,7 @@ for name, folder, index in rows:
         if not path.is_file():
             cells.append("—")
             continue
-        report = json.loads(path.read_text())
+        report = read(path)
         inits = with_scratch(report, ds)
         a = inits["scratch"]["per_seed_mean_dice"]
         b = inits[rasd_inits(report)[index]]["per_seed_mean_dice"]
